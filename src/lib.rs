@@ -1,0 +1,31 @@
+//! kiln: a decade of MosaicML/Databricks training research as Rust crates.
+//!
+//! This umbrella crate re-exports each kiln crate as a module, so one dependency gives you all of
+//! them; depend on the individual crates (`kiln-scaling-laws`, ...) to take only what you need.
+//!
+//! ```
+//! use kiln::scaling_laws::{ChinchillaLaw, inference};
+//!
+//! // How big should a model be, and how long should it train, to reach the quality of a 70B
+//! // model trained on 1T tokens with the fewest FLOPs, if it will then serve 2T tokens?
+//! let law = ChinchillaLaw::sardana();
+//! let loss = law.loss(70e9, 1e12)?;
+//! let best = inference::optimal_allocation(&law, loss, 2e12)?;
+//! assert!(best.optimal.n_params < best.chinchilla.n_params);
+//! assert!(best.flops() < best.chinchilla_flops());
+//! # Ok::<(), kiln::scaling_laws::Error>(())
+//! ```
+//!
+//! # Crates
+//! - [`scaling_laws`] (`kiln-scaling-laws`): Chinchilla laws with inference demand — compute- and
+//!   cost-optimal sizing, fitting laws to your own runs (Sardana et al., ICML 2024).
+//!
+//! Merging, schedules, LoRA, distillation, scoring and the models are being built; see the
+//! README for what exists today.
+
+pub use kiln_scaling_laws as scaling_laws;
+
+// The README's Rust examples run as doctests, so the front page cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
