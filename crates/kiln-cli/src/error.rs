@@ -1,0 +1,52 @@
+//! The CLI's error type.
+
+use std::path::PathBuf;
+
+/// Everything the `kiln` command can fail with (argument errors are clap's).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum CliError {
+    /// An error of the scaling-laws crate (bad loss, unreachable target, bad CSV, ...).
+    #[error(transparent)]
+    ScalingLaws(#[from] kiln_scaling_laws::Error),
+
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Serialising output failed.
+    #[error("cannot write JSON output: {0}")]
+    Json(#[source] serde_json::Error),
+
+    /// A law file that is not a JSON object with `e`, `a`, `b`, `alpha`, `beta`.
+    #[error(
+        "{}: not a law: {message}. Expected a JSON object with numbers `e`, `a`, `b`, `alpha`, `beta` \
+         (the output of `kiln scaling fit --json` works)",
+        path.display()
+    )]
+    LawFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// `--law` is neither a preset nor an existing file.
+    #[error("--law `{given}` is neither a preset ({presets}) nor a law JSON file that exists")]
+    UnknownLaw {
+        /// The value given.
+        given: String,
+        /// The preset names.
+        presets: String,
+    },
+
+    /// Arguments that are individually valid but do not go together.
+    #[error("{0}")]
+    Usage(String),
+}

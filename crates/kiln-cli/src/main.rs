@@ -1,0 +1,58 @@
+//! `kiln`: the command-line face of the kiln crates.
+//!
+//! ```text
+//! kiln scaling optimal --loss 1.947 --inference-tokens 2e12
+//! kiln scaling cost --params 30B --requests 1e9 --input-tokens 500 --output-tokens 100
+//! kiln scaling fit --csv runs.csv --json > law.json
+//! kiln scaling sweep --loss 2.0 --output sweep.svg --law law.json
+//! ```
+//!
+//! Every subcommand prints a table by default and `--json` / `--csv` for scripts. Errors go to
+//! stderr with their causes; the exit status is 1 for a failed command and 2 for bad arguments.
+
+mod error;
+mod numbers;
+mod output;
+mod scaling;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// kiln: a decade of MosaicML/Databricks training research as tools.
+///
+/// Numbers accept scientific notation and suffixes: 2e12, 1.5T (1e12), 70B (1e9), 350M (1e6),
+/// 10K (1e3).
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Chinchilla scaling laws with inference demand: loss, optimal and cost-optimal sizing,
+    /// fitting your own runs, sweeps (Sardana et al., "Beyond Chinchilla-Optimal", ICML 2024).
+    #[command(subcommand)]
+    Scaling(scaling::ScalingCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Scaling(cmd) => scaling::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
