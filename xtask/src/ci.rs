@@ -1,0 +1,50 @@
+//! `cargo xtask ci`: every check CI runs, in the order that fails fastest.
+
+use crate::{Result, run};
+
+pub(crate) fn run_ci(no_test: bool) -> Result {
+    run("cargo", &["fmt", "--all", "--", "--check"], &[])?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    if !no_test {
+        // README's test command.
+        run("cargo", &["test", "--workspace"], &[])?;
+    }
+    run(
+        "cargo",
+        &["doc", "--workspace", "--no-deps", "--all-features"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    // Pipelines in --quick mode, writing outside the repository.
+    let out = std::env::temp_dir().join(format!("kiln-ci-repro-{}", std::process::id()));
+    let out_str = out.to_str().ok_or("temporary directory is not UTF-8")?;
+    run(
+        "cargo",
+        &["xtask", "repro", "scaling", "--quick", "--out", out_str],
+        &[],
+    )?;
+    let _ = std::fs::remove_dir_all(&out);
+    eprintln!("xtask ci: all checks passed");
+    Ok(())
+}
+
+pub(crate) fn command(args: &[&str]) -> Result {
+    match args {
+        [] => run_ci(false),
+        ["--no-test"] => run_ci(true),
+        _ => Err(
+            format!("unknown arguments to `ci`: {args:?} (expected nothing or --no-test)").into(),
+        ),
+    }
+}

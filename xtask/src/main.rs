@@ -1,0 +1,104 @@
+//! kiln's project automation, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
+//!
+//! xtask is a plain Rust binary in the workspace instead of shell scripts or a Makefile: it runs
+//! wherever cargo runs, and the pipelines it drives use the kiln crates directly.
+//!
+//! ```text
+//! cargo xtask ci [--no-test]                 fmt check, clippy -D warnings, tests, docs, quick pipelines
+//! cargo xtask repro scaling [--quick] [--out DIR]
+//!                                            recompute "Beyond Chinchilla-Optimal" into docs/reproductions/
+//! cargo xtask bench scaling                  criterion benches + the scipy anchor → docs/BENCHMARKS.md
+//! ```
+
+mod bench;
+mod ci;
+mod repro_scaling;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// xtask's result: any error, printed by `main`.
+pub(crate) type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci [--no-test]                    fmt --check, clippy -D warnings, cargo test --workspace, docs with
+                                    -D warnings, and every pipeline in --quick mode
+  repro scaling [--quick] [--out DIR]
+                                    recompute the worked examples, demand sweep and fits of Sardana et al.
+                                    (ICML 2024) into DIR (default docs/reproductions): scaling.md + scaling-sweep.svg
+  bench scaling                     run the criterion benches of kiln-scaling-laws and the scipy anchor,
+                                    then record both in docs/BENCHMARKS.md
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["ci", rest @ ..] => ci::command(rest),
+        ["repro", "scaling", rest @ ..] => repro_scaling::command(rest),
+        ["bench", "scaling", rest @ ..] => bench::scaling(rest),
+        ["help" | "--help" | "-h"] | [] => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => Err(format!("unknown command `{}`\n\n{USAGE}", args.join(" ")).into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub(crate) fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits inside the workspace")
+        .to_owned()
+}
+
+/// Runs a command in the workspace root, echoing it; fails if it fails.
+pub(crate) fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result {
+    let shown: Vec<String> = envs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .chain(std::iter::once(program.to_owned()))
+        .chain(args.iter().map(|a| (*a).to_owned()))
+        .collect();
+    eprintln!("$ {}", shown.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot start `{program}`: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{}` failed ({status})", shown.join(" ")).into())
+    }
+}
+
+/// Writes a file through a temporary sibling and a rename, so a reader never sees half of it.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result {
+    let dir = path.parent().ok_or("output path has no directory")?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("out"),
+        std::process::id()
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
