@@ -1,0 +1,600 @@
+//! Writing checkpoints: a shard plan, a streaming sharded writer, and atomic output directories.
+//!
+//! The writer streams: it needs every tensor's name, dtype and shape up front (the
+//! [`ShardPlan`]), writes each shard's header first, and then takes tensor data one tensor at a
+//! time, in plan order, straight to disk. Memory use is one tensor, whatever the shard size.
+//! Everything goes to a hidden sibling directory that is fsynced and renamed into place only when
+//! complete ([`AtomicDir`]).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::checkpoint::{INDEX_FILE, SINGLE_FILE};
+use crate::dtype::Dtype;
+use crate::error::{Error, Result, io_err};
+use crate::header::Header;
+
+/// Default maximum shard size: 5 GB (5 × 10⁹ bytes), as transformers and mergekit.
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// Name, dtype and shape of a tensor to write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TensorSpec {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    /// Size of the data in bytes.
+    pub fn byte_len(&self) -> u64 {
+        self.shape.iter().product::<usize>() as u64 * self.dtype.size() as u64
+    }
+}
+
+/// How tensors are split into shard files.
+///
+/// Tensors keep their order. A new shard starts when adding the next tensor would take the
+/// current one past `max_shard_bytes` (tensor data only, headers not counted); a tensor larger
+/// than the limit therefore gets a shard of its own, which is larger than the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardPlan {
+    shards: Vec<Vec<TensorSpec>>,
+    max_shard_bytes: u64,
+}
+
+impl ShardPlan {
+    /// Splits `tensors` into shards of at most `max_shard_bytes` bytes each (see above).
+    ///
+    /// # Errors
+    /// [`Error::DuplicateTensor`] for a repeated name; [`Error::WriterOrder`] for a zero limit.
+    pub fn new(tensors: Vec<TensorSpec>, max_shard_bytes: u64) -> Result<Self> {
+        if max_shard_bytes == 0 {
+            return Err(Error::WriterOrder {
+                message: "the maximum shard size must be at least one byte".into(),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut shards: Vec<Vec<TensorSpec>> = vec![Vec::new()];
+        let mut current = 0u64;
+        for t in tensors {
+            if !seen.insert(t.name.clone()) {
+                return Err(Error::DuplicateTensor {
+                    path: "output plan".into(),
+                    name: t.name,
+                });
+            }
+            let len = t.byte_len();
+            let last = shards.last_mut().expect("at least one shard");
+            if !last.is_empty() && current + len > max_shard_bytes {
+                shards.push(Vec::new());
+                current = 0;
+            }
+            current += len;
+            shards.last_mut().expect("at least one shard").push(t);
+        }
+        Ok(Self {
+            shards,
+            max_shard_bytes,
+        })
+    }
+
+    /// The shards, each a list of tensors in write order.
+    pub fn shards(&self) -> &[Vec<TensorSpec>] {
+        &self.shards
+    }
+
+    /// Every tensor in write order.
+    pub fn tensors(&self) -> impl Iterator<Item = &TensorSpec> {
+        self.shards.iter().flatten()
+    }
+
+    /// The limit the plan was made with.
+    pub fn max_shard_bytes(&self) -> u64 {
+        self.max_shard_bytes
+    }
+
+    /// Total tensor bytes (the index's `metadata.total_size`).
+    pub fn total_bytes(&self) -> u64 {
+        self.tensors().map(TensorSpec::byte_len).sum()
+    }
+
+    /// File name of shard `i`: `model.safetensors` when there is one shard, else
+    /// `model-00001-of-00003.safetensors` and so on (the names transformers writes).
+    pub fn file_name(&self, i: usize) -> String {
+        if self.shards.len() == 1 {
+            SINGLE_FILE.to_owned()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", i + 1, self.shards.len())
+        }
+    }
+}
+
+/// An output directory that appears only when complete.
+///
+/// Files are written into a hidden sibling `.<name>.kiln-tmp-<pid>-<n>`; [`commit`](Self::commit)
+/// fsyncs them and the directory, then renames it over the final path. If the process dies first,
+/// the final path is untouched (a later [`AtomicDir::create`] for the same path removes temporary
+/// siblings whose process is gone); if the value is dropped uncommitted, the temporary directory
+/// is removed.
+#[derive(Debug)]
+pub struct AtomicDir {
+    target: PathBuf,
+    staging: PathBuf,
+    force: bool,
+    committed: bool,
+}
+
+impl AtomicDir {
+    /// Prepares to create `target`. An existing `target` is an error unless `force`, in which
+    /// case it is replaced at commit time (not before).
+    ///
+    /// # Errors
+    /// [`Error::OutputExists`], or [`Error::Io`] if the staging directory cannot be created.
+    pub fn create(target: impl AsRef<Path>, force: bool) -> Result<Self> {
+        let target = absolute(target.as_ref())?;
+        if target.exists() && !force {
+            return Err(Error::OutputExists { path: target });
+        }
+        let parent = target.parent().ok_or_else(|| Error::Io {
+            path: target.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "output path has no parent directory",
+            ),
+        })?;
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        let name = file_name(&target);
+        remove_stale_siblings(parent, &name);
+        let pid = std::process::id();
+        let mut n = 0u32;
+        let staging = loop {
+            let candidate = parent.join(format!(".{name}.kiln-tmp-{pid}-{n}"));
+            match std::fs::create_dir(&candidate) {
+                Ok(()) => break candidate,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+                Err(e) => return Err(io_err(&candidate)(e)),
+            }
+        };
+        Ok(Self {
+            target,
+            staging,
+            force,
+            committed: false,
+        })
+    }
+
+    /// Where files go until commit.
+    pub fn path(&self) -> &Path {
+        &self.staging
+    }
+
+    /// The final path.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Fsyncs every file and the directory, then renames it into place (replacing an existing
+    /// target when created with `force`).
+    ///
+    /// # Errors
+    /// [`Error::OutputExists`] if the target appeared meanwhile without `force`; [`Error::Io`].
+    pub fn commit(mut self) -> Result<PathBuf> {
+        for entry in std::fs::read_dir(&self.staging).map_err(io_err(&self.staging))? {
+            let path = entry.map_err(io_err(&self.staging))?.path();
+            if path.is_file() {
+                File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_err(&path))?;
+            }
+        }
+        sync_dir(&self.staging)?;
+        let parent = self.target.parent().expect("checked at create").to_owned();
+        if self.target.exists() {
+            if !self.force {
+                return Err(Error::OutputExists {
+                    path: self.target.clone(),
+                });
+            }
+            let old = parent.join(format!(
+                ".{}.kiln-old-{}",
+                file_name(&self.target),
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&old);
+            std::fs::rename(&self.target, &old).map_err(io_err(&self.target))?;
+            std::fs::rename(&self.staging, &self.target).map_err(io_err(&self.target))?;
+            self.committed = true;
+            let removed = if old.is_dir() {
+                std::fs::remove_dir_all(&old)
+            } else {
+                std::fs::remove_file(&old)
+            };
+            removed.map_err(io_err(&old))?;
+        } else {
+            std::fs::rename(&self.staging, &self.target).map_err(io_err(&self.target))?;
+            self.committed = true;
+        }
+        sync_dir(&parent)?;
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for AtomicDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.staging);
+        }
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(io_err(path))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into())
+}
+
+/// Removes `.<name>.kiln-tmp-<pid>-*` siblings left by processes that no longer run.
+fn remove_stale_siblings(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.kiln-tmp-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let fname = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = fname.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !process_alive(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        // Without a cheap check, assume it runs: leaving a stale directory is harmless.
+        true
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    // Directories can be opened and fsynced on Unix; elsewhere the rename is as durable as the
+    // platform makes it.
+    if cfg!(unix) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
+/// Writes a sharded safetensors checkpoint, one tensor at a time, into an [`AtomicDir`].
+///
+/// ```
+/// use kiln_checkpoint::{CheckpointWriter, Dtype, ShardPlan, TensorSpec, Checkpoint};
+/// let dir = tempfile::tempdir()?;
+/// let out = dir.path().join("merged");
+/// let plan = ShardPlan::new(vec![
+///     TensorSpec { name: "a".into(), dtype: Dtype::F32, shape: vec![2] },
+///     TensorSpec { name: "b".into(), dtype: Dtype::BF16, shape: vec![3] },
+/// ], 8)?; // 8-byte shards: "a" and "b" land in two files
+/// let mut w = CheckpointWriter::create(&out, plan, Default::default(), false)?;
+/// w.write_tensor("a", &[0u8; 8])?;
+/// w.write_tensor("b", &[0u8; 6])?;
+/// w.finish()?;
+/// assert_eq!(Checkpoint::open(&out)?.len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct CheckpointWriter {
+    dir: AtomicDir,
+    plan: ShardPlan,
+    metadata: BTreeMap<String, String>,
+    shard: usize,
+    next: usize,
+    file: Option<(PathBuf, BufWriter<File>)>,
+}
+
+impl CheckpointWriter {
+    /// Starts writing `plan` into `out` (see [`AtomicDir::create`] for `force`). `metadata` is
+    /// written into every shard's `__metadata__`; empty means `{"format": "pt"}`, which
+    /// transformers expects.
+    ///
+    /// # Errors
+    /// As [`AtomicDir::create`].
+    pub fn create(
+        out: impl AsRef<Path>,
+        plan: ShardPlan,
+        metadata: BTreeMap<String, String>,
+        force: bool,
+    ) -> Result<Self> {
+        let mut metadata = metadata;
+        if metadata.is_empty() {
+            metadata.insert("format".into(), "pt".into());
+        }
+        Ok(Self {
+            dir: AtomicDir::create(out, force)?,
+            plan,
+            metadata,
+            shard: 0,
+            next: 0,
+            file: None,
+        })
+    }
+
+    /// The plan being written.
+    pub fn plan(&self) -> &ShardPlan {
+        &self.plan
+    }
+
+    /// The staging directory (files become visible at the target only on [`finish`](Self::finish)).
+    pub fn staging_path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The tensor the writer expects next, or `None` when all are written.
+    pub fn next_tensor(&self) -> Option<&TensorSpec> {
+        self.plan
+            .shards
+            .get(self.shard)
+            .and_then(|s| s.get(self.next))
+    }
+
+    /// Writes the next tensor's bytes (little-endian, in the planned dtype).
+    ///
+    /// # Errors
+    /// [`Error::WriterOrder`] if `name` is not the next planned tensor or `data` has the wrong
+    /// length; [`Error::Io`].
+    pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        let spec = self.next_tensor().ok_or_else(|| Error::WriterOrder {
+            message: format!("`{name}` written after every planned tensor"),
+        })?;
+        if spec.name != name {
+            return Err(Error::WriterOrder {
+                message: format!("expected tensor `{}` next, got `{name}`", spec.name),
+            });
+        }
+        if spec.byte_len() != data.len() as u64 {
+            return Err(Error::WriterOrder {
+                message: format!(
+                    "`{name}` should have {} bytes ({} {:?}), got {}",
+                    spec.byte_len(),
+                    spec.dtype,
+                    spec.shape,
+                    data.len()
+                ),
+            });
+        }
+        if self.file.is_none() {
+            self.open_shard()?;
+        }
+        let (path, file) = self.file.as_mut().expect("opened above");
+        file.write_all(data).map_err(io_err(path.as_path()))?;
+        self.next += 1;
+        if self.next == self.plan.shards[self.shard].len() {
+            self.close_shard()?;
+        }
+        Ok(())
+    }
+
+    fn open_shard(&mut self) -> Result<()> {
+        let name = self.plan.file_name(self.shard);
+        let path = self.dir.path().join(&name);
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let mut file = BufWriter::with_capacity(8 << 20, file);
+        let specs = &self.plan.shards[self.shard];
+        let entries: Vec<(&str, Dtype, &[usize])> = specs
+            .iter()
+            .map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice()))
+            .collect();
+        file.write_all(&Header::encode(&self.metadata, &entries))
+            .map_err(io_err(&path))?;
+        self.file = Some((path, file));
+        Ok(())
+    }
+
+    fn close_shard(&mut self) -> Result<()> {
+        if let Some((path, file)) = self.file.take() {
+            let file = file
+                .into_inner()
+                .map_err(|e| io_err(&path)(e.into_error()))?;
+            file.sync_all().map_err(io_err(&path))?;
+        }
+        self.shard += 1;
+        self.next = 0;
+        Ok(())
+    }
+
+    /// Writes an extra file (config.json, a model card, ...) into the output directory.
+    ///
+    /// # Errors
+    /// [`Error::Io`]; [`Error::WriterOrder`] for a name that is not a plain file name.
+    pub fn write_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.extra_path(name)?;
+        std::fs::write(&path, bytes).map_err(io_err(&path))
+    }
+
+    /// Copies `src` into the output directory as `name`.
+    ///
+    /// # Errors
+    /// As [`write_file`](Self::write_file).
+    pub fn copy_file(&mut self, src: &Path, name: &str) -> Result<()> {
+        let path = self.extra_path(name)?;
+        std::fs::copy(src, &path).map_err(io_err(src))?;
+        Ok(())
+    }
+
+    fn extra_path(&self, name: &str) -> Result<PathBuf> {
+        let plain = Path::new(name).file_name().is_some_and(|f| f == name) && name != "..";
+        if !plain {
+            return Err(Error::WriterOrder {
+                message: format!("extra file name `{name}` must be a plain file name"),
+            });
+        }
+        Ok(self.dir.path().join(name))
+    }
+
+    /// Checks every planned tensor was written, writes the index (for several shards), fsyncs and
+    /// renames the directory into place. Returns the final path.
+    ///
+    /// # Errors
+    /// [`Error::WriterOrder`] if tensors are missing; [`Error::Io`]; [`Error::OutputExists`].
+    pub fn finish(mut self) -> Result<PathBuf> {
+        if self.plan.tensors().next().is_none() && self.shard == 0 {
+            // No tensors at all: still write a valid, empty model.safetensors.
+            self.open_shard()?;
+            self.close_shard()?;
+        }
+        if let Some(spec) = self.next_tensor() {
+            return Err(Error::WriterOrder {
+                message: format!("finished before tensor `{}` was written", spec.name),
+            });
+        }
+        if self.plan.shards.len() > 1 {
+            let mut weight_map = serde_json::Map::new();
+            for (i, shard) in self.plan.shards.iter().enumerate() {
+                for t in shard {
+                    weight_map.insert(t.name.clone(), self.plan.file_name(i).into());
+                }
+            }
+            let index = serde_json::json!({
+                "metadata": { "total_size": self.plan.total_bytes() },
+                "weight_map": weight_map,
+            });
+            let text = serde_json::to_string_pretty(&index).expect("JSON serialises");
+            self.write_file(INDEX_FILE, text.as_bytes())?;
+        }
+        self.dir.commit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, bytes: usize) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype: Dtype::U8,
+            shape: vec![bytes],
+        }
+    }
+
+    #[test]
+    fn shards_split_at_the_byte_limit_and_big_tensors_stand_alone() {
+        let plan = ShardPlan::new(
+            vec![
+                spec("a", 4),
+                spec("b", 4),
+                spec("c", 3),
+                spec("big", 20),
+                spec("d", 1),
+            ],
+            8,
+        )
+        .unwrap();
+        let names: Vec<Vec<&str>> = plan
+            .shards()
+            .iter()
+            .map(|s| s.iter().map(|t| t.name.as_str()).collect())
+            .collect();
+        assert_eq!(
+            names,
+            vec![vec!["a", "b"], vec!["c"], vec!["big"], vec!["d"]]
+        );
+        assert_eq!(plan.file_name(0), "model-00001-of-00004.safetensors");
+        assert_eq!(plan.total_bytes(), 32);
+        assert!(matches!(
+            ShardPlan::new(vec![spec("a", 1), spec("a", 1)], 8),
+            Err(Error::DuplicateTensor { .. })
+        ));
+    }
+
+    #[test]
+    fn existing_output_is_refused_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("keep"), b"x").unwrap();
+        assert!(matches!(
+            AtomicDir::create(&out, false),
+            Err(Error::OutputExists { .. })
+        ));
+        let a = AtomicDir::create(&out, true).unwrap();
+        std::fs::write(a.path().join("new"), b"y").unwrap();
+        // Until commit, the old directory is untouched.
+        assert!(out.join("keep").exists());
+        a.commit().unwrap();
+        assert!(!out.join("keep").exists() && out.join("new").exists());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+
+    #[test]
+    fn dropped_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o");
+        let plan = ShardPlan::new(vec![spec("a", 4), spec("b", 4)], 4).unwrap();
+        let mut w = CheckpointWriter::create(&out, plan, BTreeMap::new(), false).unwrap();
+        w.write_tensor("a", &[1, 2, 3, 4]).unwrap();
+        drop(w);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn misuse_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = ShardPlan::new(vec![spec("a", 4), spec("b", 4)], 100).unwrap();
+        let mut w =
+            CheckpointWriter::create(dir.path().join("o"), plan, BTreeMap::new(), false).unwrap();
+        assert!(matches!(
+            w.write_tensor("b", &[0; 4]),
+            Err(Error::WriterOrder { .. })
+        ));
+        assert!(matches!(
+            w.write_tensor("a", &[0; 3]),
+            Err(Error::WriterOrder { .. })
+        ));
+        w.write_tensor("a", &[0; 4]).unwrap();
+        assert!(w.write_file("../escape", b"x").is_err());
+        let err = w.finish().unwrap_err();
+        assert!(err.to_string().contains("before tensor `b`"), "{err}");
+    }
+
+    #[test]
+    fn stale_staging_dirs_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join(".o.kiln-tmp-4000000000-0");
+        std::fs::create_dir(&stale).unwrap();
+        let a = AtomicDir::create(dir.path().join("o"), false).unwrap();
+        if cfg!(target_os = "linux") {
+            assert!(!stale.exists());
+        }
+        drop(a);
+    }
+}
