@@ -145,7 +145,7 @@ Machine: {machine}; anchor: {versions}.\n\n\
 | the same, kiln's Newton cross-check | {newton} | | |\n\
 | one cost-optimal solve (paper settings, 1e10 requests) | {cost} | | |\n\
 | 4,500-start fit of the 47 runs, all cores (scipy: process pool of {workers}) | {fit_all} | {py_pool} | {r_pool} |\n\
-| 4,500-start fit, one thread / one process | {fit_one} | {py_one} | {r_one} |\n\
+| 4,500-start fit, one thread / one process (scipy: 450 starts timed, ×10) | {fit_one} | {py_one} | {r_one} |\n\
 | `kiln scaling fit` as a process (whole command) | {proc_t} | | |\n\n\
 Peak resident memory: `kiln scaling fit` process {kiln_rss}; scipy single process {py_rss} (pool workers up to {pool_rss}). \
 The fit's working set is the runs themselves (O(runs)); memory does not grow with the number of starts.\n\
