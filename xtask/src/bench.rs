@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::{Result, root, run, write_atomic};
 
-fn target_dir() -> Result<PathBuf> {
+pub(crate) fn target_dir() -> Result<PathBuf> {
     let out = Command::new("cargo")
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .current_dir(root())
@@ -40,7 +40,7 @@ fn criterion_mean(target: &Path, group: &str, name: &str) -> Result<f64> {
         * 1e-9)
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -179,7 +179,7 @@ gradient, which is faster than the reference's per-row loop with finite differen
 
 /// Replaces the section between `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->`, or
 /// appends it.
-fn record(path: &Path, name: &str, section: &str) -> Result {
+pub(crate) fn record(path: &Path, name: &str, section: &str) -> Result {
     let text = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
     let (start, end) = (
         format!("<!-- bench:{name}:start -->"),

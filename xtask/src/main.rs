@@ -8,9 +8,11 @@
 //! cargo xtask repro scaling [--quick] [--out DIR]
 //!                                            recompute "Beyond Chinchilla-Optimal" into docs/reproductions/
 //! cargo xtask bench scaling                  criterion benches + the scipy anchor → docs/BENCHMARKS.md
+//! cargo xtask bench merge                    kiln merge vs mergekit on GPT-2-medium-sized checkpoints
 //! ```
 
 mod bench;
+mod bench_merge;
 mod ci;
 mod repro_scaling;
 
@@ -31,6 +33,8 @@ commands:
                                     (ICML 2024) into DIR (default docs/reproductions): scaling.md + scaling-sweep.svg
   bench scaling                     run the criterion benches of kiln-scaling-laws and the scipy anchor,
                                     then record both in docs/BENCHMARKS.md
+  bench merge                       merge three ~0.7 GB bf16 GPT-2-medium checkpoints (ties, linear) with
+                                    kiln and, if installed, mergekit; time, GB/s, peak RSS → docs/BENCHMARKS.md
 ";
 
 fn main() -> ExitCode {
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         ["ci", rest @ ..] => ci::command(rest),
         ["repro", "scaling", rest @ ..] => repro_scaling::command(rest),
         ["bench", "scaling", rest @ ..] => bench::scaling(rest),
+        ["bench", "merge", rest @ ..] => bench_merge::merge(rest),
         ["help" | "--help" | "-h"] | [] => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -10,6 +10,10 @@ pub(crate) enum CliError {
     #[error(transparent)]
     ScalingLaws(#[from] kiln_scaling_laws::Error),
 
+    /// An error of the merging crate (bad config, inputs, shapes, output exists, ...).
+    #[error(transparent)]
+    Merging(#[from] kiln_merging::Error),
+
     /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
     Io {

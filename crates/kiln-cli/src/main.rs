@@ -1,6 +1,7 @@
 //! `kiln`: the command-line face of the kiln crates.
 //!
 //! ```text
+//! kiln merge ties.yml ./merged --out-shard-size 2GB
 //! kiln scaling optimal --loss 1.947 --inference-tokens 2e12
 //! kiln scaling cost --params 30B --requests 1e9 --input-tokens 500 --output-tokens 100
 //! kiln scaling fit --csv runs.csv --json > law.json
@@ -11,6 +12,7 @@
 //! stderr with their causes; the exit status is 1 for a failed command and 2 for bad arguments.
 
 mod error;
+mod merge;
 mod numbers;
 mod output;
 mod scaling;
@@ -32,16 +34,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Merge Hugging Face checkpoints from a mergekit-style YAML config (TIES, DARE, task
+    /// arithmetic, SLERP, linear, WiSE-FT), streamed tensor by tensor.
+    Merge(merge::MergeArgs),
     /// Chinchilla scaling laws with inference demand: loss, optimal and cost-optimal sizing,
     /// fitting your own runs, sweeps (Sardana et al., "Beyond Chinchilla-Optimal", ICML 2024).
     #[command(subcommand)]
-    Scaling(scaling::ScalingCommand),
+    Scaling(Box<scaling::ScalingCommand>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Scaling(cmd) => scaling::run(cmd),
+        Command::Merge(args) => merge::run(args),
+        Command::Scaling(cmd) => scaling::run(*cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,200 @@
+//! `kiln merge CONFIG.yml OUT_DIR`: streaming merges of Hugging Face checkpoints.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln_merging::{MergeConfig, MergeOptions, MergePlan, Observer, TensorDone};
+
+use crate::error::CliError;
+
+/// Merge Hugging Face checkpoints from a mergekit-style YAML config.
+///
+/// Methods: linear, wise_ft, task_arithmetic, ties, dare_linear, dare_ties, slerp. Inputs are local
+/// model directories (model.safetensors, or shards with model.safetensors.index.json). Tensors are
+/// streamed one at a time from memory maps; the output directory appears only when complete and
+/// also holds config.json (from the base), the config, a README model card and, with
+/// `tokenizer_source`, the tokenizer.
+#[derive(Debug, Args)]
+pub(crate) struct MergeArgs {
+    /// The merge configuration (mergekit YAML: models, base_model, merge_method, parameters,
+    /// dtype, out_dtype, tokenizer_source; kiln adds trim_scope and shape_mismatch).
+    config: PathBuf,
+    /// Output directory; must not exist unless --force.
+    out_dir: PathBuf,
+    /// Maximum size of each output shard, in bytes; accepts 5GB, 500MB, 2GiB, 1e9. A tensor larger
+    /// than this gets a shard of its own.
+    #[arg(long, default_value = "5GB", value_parser = parse_bytes, value_name = "BYTES")]
+    out_shard_size: u64,
+    /// Worker threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Replace OUT_DIR if it exists (the old directory is removed only once the new one is
+    /// complete).
+    #[arg(long)]
+    force: bool,
+    /// Print the plan (inputs, tensors, shards, memory) and stop.
+    #[arg(long)]
+    dry_run: bool,
+    /// Seed of DARE's random drop (the result is reproducible for a given seed).
+    #[arg(long, default_value_t = 0)]
+    random_seed: u64,
+}
+
+/// Parses a byte size: a number with an optional decimal (KB, MB, GB, TB, or K, M, G, T) or
+/// binary (KiB, MiB, GiB, TiB) unit; `B` alone means bytes.
+pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    // The unit is the trailing run of letters, so `1e9` stays a number.
+    let split = t.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len();
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size; expected e.g. 5GB, 500MB, 2GiB"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0f64.powi(4),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}`; use B, KB, MB, GB, TB or KiB, MiB, GiB, TiB"
+            ));
+        }
+    };
+    let bytes = value * scale;
+    if !(bytes.is_finite() && bytes >= 1.0) {
+        return Err(format!("`{text}` must be at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
+struct Progress {
+    bar: Option<ProgressBar>,
+    start: Instant,
+    read: u64,
+    written: u64,
+    last_line: usize,
+}
+
+impl Observer for Progress {
+    fn phase(&mut self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.set_message(message.to_owned()),
+            None => eprintln!("kiln merge: {message}"),
+        }
+    }
+
+    fn tensor_done(&mut self, e: &TensorDone<'_>) {
+        self.read += e.bytes_read;
+        self.written += e.bytes_written;
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        let rate = format!(
+            "{:.1} tensors/s, {}/s read, {}/s written",
+            (e.index + 1) as f64 / secs,
+            human(self.read as f64 / secs),
+            human(self.written as f64 / secs)
+        );
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(e.index as u64 + 1);
+                bar.set_message(rate);
+            }
+            None => {
+                // Not a terminal: a line at every 10%.
+                let decile = (e.index + 1) * 10 / e.total.max(1);
+                if decile > self.last_line {
+                    self.last_line = decile;
+                    eprintln!("kiln merge: {}/{} tensors ({rate})", e.index + 1, e.total);
+                }
+            }
+        }
+    }
+}
+
+fn human(bytes: f64) -> String {
+    [(1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")]
+        .into_iter()
+        .find(|(s, _)| bytes >= *s)
+        .map_or(format!("{bytes:.0} B"), |(s, u)| {
+            format!("{:.2} {u}", bytes / s)
+        })
+}
+
+pub(crate) fn run(args: MergeArgs) -> Result<(), CliError> {
+    let config = MergeConfig::from_file(&args.config)?;
+    let options = MergeOptions {
+        out_dir: args.out_dir.clone(),
+        max_shard_bytes: args.out_shard_size,
+        threads: args.threads,
+        force: args.force,
+        seed: args.random_seed,
+    };
+    if args.threads == Some(0) {
+        return Err(CliError::Usage("--threads must be at least 1".into()));
+    }
+    let plan = MergePlan::new(config, options)?;
+    if args.dry_run {
+        print!("{}", plan.describe());
+        return Ok(());
+    }
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(plan.tensors.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} tensors · {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let mut progress = Progress {
+        bar,
+        start: Instant::now(),
+        read: 0,
+        written: 0,
+        last_line: 0,
+    };
+    let report = kiln_merging::run(&plan, &mut progress);
+    if let Some(bar) = &progress.bar {
+        bar.finish_and_clear();
+    }
+    let report = report?;
+    println!(
+        "merged {} tensors ({} read, {} written) in {:.2} s → {}",
+        report.tensors,
+        human(report.bytes_read as f64),
+        human(report.bytes_written as f64),
+        report.seconds,
+        report.out_dir.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("5GB").unwrap(), 5_000_000_000);
+        assert_eq!(parse_bytes("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_bytes("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("1e9").unwrap(), 1_000_000_000);
+        assert_eq!(parse_bytes("1.5 G").unwrap(), 1_500_000_000);
+        assert!(parse_bytes("5 parrots").is_err());
+        assert!(parse_bytes("0").is_err());
+    }
+}

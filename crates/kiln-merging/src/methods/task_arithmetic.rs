@@ -1,0 +1,221 @@
+//! The task-arithmetic family: Task Arithmetic, TIES, DARE (see the [module docs](super)).
+
+use crate::real::Real;
+use crate::sparsify::{RandomDrop, TopK};
+
+/// How task vectors are combined.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Combine<F> {
+    /// TIES sign election: per entry, the sign of `Σ wᵢ·δᵢ` (positive on a tie) wins, and only
+    /// task vectors with that sign take part.
+    pub consensus: bool,
+    /// Divide by the sum of the weights that took part (zero sums count as 1).
+    pub normalize: bool,
+    /// Scale of the merged task vector.
+    pub lambda: F,
+}
+
+/// `out = base + λ·merge(wᵢ·δᵢ)` for already-sparsified task vectors `deltas`.
+///
+/// Without consensus the divisor is `Σ wᵢ` (a sum below 1e-8 in magnitude counts as 1); with
+/// consensus it is the sum of the weights whose weighted delta has the elected sign (0 → 1),
+/// as in mergekit's generalized task arithmetic and the TIES authors' disjoint mean.
+///
+/// # Panics
+/// If the slices' lengths disagree.
+pub fn combine<F: Real>(
+    base: &[F],
+    deltas: &[&[F]],
+    weights: &[F],
+    how: &Combine<F>,
+    out: &mut [F],
+) {
+    assert_eq!(deltas.len(), weights.len(), "one weight per task vector");
+    let eps = F::from_f64(1e-8);
+    let weight_sum = weights.iter().fold(F::ZERO, |a, &w| a + w);
+    for i in 0..out.len() {
+        let (mixed, divisor) = if how.consensus {
+            let mut total = F::ZERO;
+            for (d, &w) in deltas.iter().zip(weights) {
+                total += w * d[i];
+            }
+            let positive = total >= F::ZERO;
+            let (mut mixed, mut div) = (F::ZERO, F::ZERO);
+            for (d, &w) in deltas.iter().zip(weights) {
+                let wd = w * d[i];
+                if (positive && wd > F::ZERO) || (!positive && wd < F::ZERO) {
+                    mixed += wd;
+                    div += w;
+                }
+            }
+            (mixed, if div == F::ZERO { F::ONE } else { div })
+        } else {
+            let mut mixed = F::ZERO;
+            for (d, &w) in deltas.iter().zip(weights) {
+                mixed += w * d[i];
+            }
+            (
+                mixed,
+                if weight_sum.abs() < eps {
+                    F::ONE
+                } else {
+                    weight_sum
+                },
+            )
+        };
+        let merged = if how.normalize {
+            mixed / divisor
+        } else {
+            mixed
+        };
+        out[i] = base[i] + how.lambda * merged;
+    }
+}
+
+/// Task Arithmetic (Ilharco et al., arXiv 2212.04089): `θ_base + λ·Σ wᵢ·(θᵢ − θ_base)`.
+///
+/// # Panics
+/// If the slices' lengths disagree.
+pub fn task_arithmetic<F: Real>(
+    base: &[F],
+    models: &[&[F]],
+    weights: &[F],
+    lambda: F,
+    out: &mut [F],
+) {
+    let deltas: Vec<Vec<F>> = models.iter().map(|m| delta(base, m)).collect();
+    let refs: Vec<&[F]> = deltas.iter().map(Vec::as_slice).collect();
+    combine(
+        base,
+        &refs,
+        weights,
+        &Combine {
+            consensus: false,
+            normalize: false,
+            lambda,
+        },
+        out,
+    );
+}
+
+/// TIES-Merging (Yadav et al., arXiv 2306.01708) of whole tensors: keep each task vector's top
+/// `densities[i]` by magnitude, elect signs by mass, take the (weighted) disjoint mean, scale by λ.
+///
+/// # Panics
+/// If the slices' lengths disagree.
+pub fn ties<F: Real>(
+    base: &[F],
+    models: &[&[F]],
+    weights: &[F],
+    densities: &[f64],
+    lambda: F,
+    out: &mut [F],
+) {
+    let deltas: Vec<Vec<F>> = models
+        .iter()
+        .zip(densities)
+        .map(|(m, &density)| {
+            let mut d = delta(base, m);
+            TopK::of(&d, density).apply(&mut d, 0);
+            d
+        })
+        .collect();
+    let refs: Vec<&[F]> = deltas.iter().map(Vec::as_slice).collect();
+    combine(
+        base,
+        &refs,
+        weights,
+        &Combine {
+            consensus: true,
+            normalize: true,
+            lambda,
+        },
+        out,
+    );
+}
+
+/// Options of [`dare`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dare<F> {
+    /// Keep probability of each entry.
+    pub density: f64,
+    /// Seed of the random drop.
+    pub seed: u64,
+    /// Sign-elect after dropping (`dare_ties`) rather than sum (`dare_linear`).
+    pub consensus: bool,
+    /// Scale of the merged task vector.
+    pub lambda: F,
+}
+
+/// DARE (Yu et al., arXiv 2311.03099) of whole tensors: drop each task vector's entries with
+/// probability `1 − density`, rescale survivors by `1/density`, then sum (`dare_linear`) or
+/// sign-elect (`dare_ties`; not normalised, as mergekit).
+///
+/// # Panics
+/// If the slices' lengths disagree.
+pub fn dare<F: Real>(base: &[F], models: &[&[F]], weights: &[F], how: &Dare<F>, out: &mut [F]) {
+    let deltas: Vec<Vec<F>> = models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut d = delta(base, m);
+            let drop = RandomDrop {
+                density: how.density,
+                seed: how.seed,
+                stream: crate::sparsify::stream_id("", i),
+            };
+            drop.apply(&mut d, 0, F::from_f64(1.0 / how.density));
+            d
+        })
+        .collect();
+    let refs: Vec<&[F]> = deltas.iter().map(Vec::as_slice).collect();
+    combine(
+        base,
+        &refs,
+        weights,
+        &Combine {
+            consensus: how.consensus,
+            normalize: false,
+            lambda: how.lambda,
+        },
+        out,
+    );
+}
+
+fn delta<F: Real>(base: &[F], model: &[F]) -> Vec<F> {
+    assert_eq!(
+        base.len(),
+        model.len(),
+        "base and model have the same length"
+    );
+    model.iter().zip(base).map(|(&m, &b)| m - b).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_election_and_disjoint_mean() {
+        let base = [0.0f32; 4];
+        let a = [1.0f32, -1.0, 2.0, 0.0];
+        let b = [3.0f32, 2.0, -1.0, 0.0];
+        let mut out = [0.0; 4];
+        ties(&base, &[&a, &b], &[1.0, 1.0], &[1.0, 1.0], 1.0, &mut out);
+        // entry 0: both +, mean 2; entry 1: sum +1 → only b (2); entry 2: sum +1 → only a (2);
+        // entry 3: nothing takes part, divisor 1 → 0.
+        assert_eq!(out, [2.0, 2.0, 2.0, 0.0]);
+    }
+
+    #[test]
+    fn ties_with_full_density_and_one_model_is_task_arithmetic() {
+        let base = [0.5f64, 1.0, -2.0];
+        let m = [1.5f64, -1.0, -2.5];
+        let (mut a, mut b) = ([0.0; 3], [0.0; 3]);
+        ties(&base, &[&m], &[1.0], &[1.0], 0.7, &mut a);
+        task_arithmetic(&base, &[&m], &[1.0], 0.7, &mut b);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-15);
+        }
+    }
+}
