@@ -3,9 +3,10 @@
 //! For each output tensor, chunks of [`CHUNK`] elements are decoded from every input, merged and
 //! encoded in parallel (rayon) into the tensor's output buffer, which a writer thread streams to
 //! the current shard while the next tensor is computed. Afterwards the inputs' pages for that
-//! tensor are released. Peak memory is therefore about two output tensors, one f32/f64 scratch
-//! copy of a tensor (TIES magnitude selection only) and per-thread chunk buffers — a small
-//! multiple of the largest tensor, independent of the model's size.
+//! tensor are released. TIES's magnitude threshold comes from a parallel radix select over the
+//! task vector's bits, streamed like everything else. Peak memory is therefore about two output
+//! tensors and per-thread chunk buffers — a small multiple of the largest tensor, independent of
+//! the model's size.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -453,46 +454,76 @@ fn sparsifier<F: Real>(
             })
         }
         Sparsify::Magnitude => {
-            if density >= 1.0 {
-                return Ok(Sparsifier::Keep);
-            }
             let n: usize = tp.shape.iter().product();
+            let k = match TopK::<F>::keep_count(n, density) {
+                Ok(k) => k,
+                Err(TopK { keep_all: true, .. }) => return Ok(Sparsifier::Keep),
+                Err(none) => {
+                    return Ok(Sparsifier::TopK {
+                        topk: none,
+                        ties_before: vec![0; n.div_ceil(CHUNK)],
+                        scale,
+                    });
+                }
+            };
             let rl = row_len(&tp.shape);
             let base = v.base.as_ref().expect("the family requires a base");
-            // |δ| of the whole tensor, for the exact k-th largest.
-            let mut scratch = vec![F::ZERO; n];
-            scratch
-                .par_chunks_mut(CHUNK)
-                .enumerate()
-                .try_for_each_init(
-                    || vec![F::ZERO; CHUNK],
-                    |b, (c, mags)| -> Result<()> {
-                        let s = c * CHUNK;
-                        let b = &mut b[..mags.len()];
-                        F::decode(base, s, b)?;
-                        decode_model(&v.models[i], tp.rows[i], rl, s, mags, b)?;
-                        for (m, &x) in mags.iter_mut().zip(b.iter()) {
-                            *m = (*m - x).abs();
-                        }
-                        Ok(())
-                    },
-                )?;
-            let topk = TopK::from_scratch(&mut scratch, density);
-            drop(scratch);
-            // Ties at the threshold are kept in index order: count them per chunk.
+            let model = &v.models[i];
+            let rows = tp.rows[i];
+            // Task-vector chunk `c` into `d` (with the base chunk in `b`).
+            let delta = |c: usize, b: &mut [F], d: &mut [F]| -> Result<usize> {
+                let s = c * CHUNK;
+                let len = CHUNK.min(n - s);
+                F::decode(base, s, &mut b[..len])?;
+                decode_model(model, rows, rl, s, &mut d[..len], &b[..len])?;
+                for (x, &y) in d[..len].iter_mut().zip(b[..len].iter()) {
+                    *x = *x - y;
+                }
+                Ok(len)
+            };
+            // The exact k-th largest |δ|: a radix select over the magnitudes' bits, streamed in
+            // parallel chunks (no copy of the tensor).
+            let mut select = RadixSelect::new(F::KEY_BITS, (n - k + 1) as u64);
+            while select.needs_pass() {
+                let part = (0..n.div_ceil(CHUNK))
+                    .into_par_iter()
+                    .map_init(
+                        || (vec![F::ZERO; CHUNK], vec![F::ZERO; CHUNK]),
+                        |(b, d), c| -> Result<RadixSelect> {
+                            let len = delta(c, b, d)?;
+                            let mut fork = select.fork();
+                            fork.observe_magnitudes(&d[..len]);
+                            Ok(fork)
+                        },
+                    )
+                    .try_reduce(
+                        || select.fork(),
+                        |mut a, b| {
+                            a.merge(&b);
+                            Ok(a)
+                        },
+                    )?;
+                select.merge(&part);
+                select.finish_pass();
+            }
+            let topk = TopK::from_select(&select, n, k);
+            let chunks = n.div_ceil(CHUNK);
+            if topk.ties_to_keep == 0 || topk.ties_to_keep as u64 >= select.equal() {
+                // All entries at the threshold are kept, or none: no order to respect.
+                return Ok(Sparsifier::TopK {
+                    topk,
+                    ties_before: vec![0; chunks],
+                    scale,
+                });
+            }
+            // Some ties at the threshold are kept, in index order: count them per chunk.
             let per_chunk: Vec<usize> = (0..n.div_ceil(CHUNK))
                 .into_par_iter()
                 .map_init(
                     || (vec![F::ZERO; CHUNK], vec![F::ZERO; CHUNK]),
-                    |(b, m), c| -> Result<usize> {
-                        let s = c * CHUNK;
-                        let len = CHUNK.min(n - s);
-                        F::decode(base, s, &mut b[..len])?;
-                        decode_model(&v.models[i], tp.rows[i], rl, s, &mut m[..len], &b[..len])?;
-                        for (x, &y) in m[..len].iter_mut().zip(b[..len].iter()) {
-                            *x = *x - y;
-                        }
-                        Ok(topk.count_ties(&m[..len]))
+                    |(b, d), c| -> Result<usize> {
+                        let len = delta(c, b, d)?;
+                        Ok(topk.count_ties(&d[..len]))
                     },
                 )
                 .collect::<Result<_>>()?;
@@ -573,10 +604,11 @@ fn model_thresholds<F: Real>(
                             let len = CHUNK.min(n - s);
                             F::decode(&bv, s, &mut b[..len])?;
                             decode_model(&mv, tp.rows[i], rl, s, &mut m[..len], &b[..len])?;
-                            let mut fork = select.fork();
-                            for (&x, &y) in m[..len].iter().zip(b[..len].iter()) {
-                                fork.observe((x - y).abs().key());
+                            for (x, &y) in m[..len].iter_mut().zip(b[..len].iter()) {
+                                *x = *x - y;
                             }
+                            let mut fork = select.fork();
+                            fork.observe_magnitudes(&m[..len]);
                             Ok(fork)
                         },
                     )

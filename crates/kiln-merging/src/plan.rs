@@ -319,19 +319,12 @@ impl MergePlan {
     }
 
     /// A rough upper bound of the memory a run needs beyond the memory maps' pages: the largest
-    /// output tensor twice (one being computed, one being written), a magnitude scratch buffer,
-    /// and per-thread chunk buffers.
+    /// output tensor twice (one being computed, one being written) and per-thread chunk buffers.
     pub fn estimated_peak_bytes(&self) -> u64 {
         let width = match self.config.compute {
             crate::config::Compute::F32 => 4,
             crate::config::Compute::F64 => 8,
         };
-        let largest = self
-            .tensors
-            .iter()
-            .map(|t| t.shape.iter().product::<usize>() as u64)
-            .max()
-            .unwrap_or(0);
         let out = self
             .tensors
             .iter()
@@ -343,7 +336,7 @@ impl MergePlan {
             .threads
             .unwrap_or_else(rayon::current_num_threads) as u64;
         let chunk = crate::executor::CHUNK as u64 * width * (self.models.len() as u64 + 3);
-        2 * out + largest * width + threads * chunk
+        2 * out + threads * chunk
     }
 
     /// The plan as text (what `--dry-run` prints).

@@ -55,6 +55,36 @@ impl<F: Real> TopK<F> {
         }
     }
 
+    /// The number of entries to keep out of `n` at `density`, or `None` for "all" / "none"
+    /// (see [`TopK::keep_all`], [`TopK::keep_none`]).
+    pub fn keep_count(n: usize, density: f64) -> Result<usize, Self> {
+        if density >= 1.0 || n == 0 {
+            return Err(Self::all());
+        }
+        if density <= 0.0 {
+            return Err(Self {
+                threshold: F::ZERO,
+                ties_to_keep: 0,
+                keep_all: false,
+                keep_none: true,
+            });
+        }
+        let k = ((density * n as f64) as usize).max(1);
+        if k >= n { Err(Self::all()) } else { Ok(k) }
+    }
+
+    /// The top-`k` of `n` magnitudes from a finished [`RadixSelect`] run for rank `n − k + 1`
+    /// over their keys (how the streaming executor finds it, in parallel, without a copy).
+    pub fn from_select(select: &RadixSelect, n: usize, k: usize) -> Self {
+        let above = n as u64 - select.below() - select.equal();
+        Self {
+            threshold: F::from_key(select.result()),
+            ties_to_keep: (k as u64).saturating_sub(above) as usize,
+            keep_all: false,
+            keep_none: false,
+        }
+    }
+
     /// The top-k of `values` (by magnitude).
     pub fn of(values: &[F], density: f64) -> Self {
         let mut mags: Vec<F> = values.iter().map(|v| v.abs()).collect();
@@ -76,20 +106,18 @@ impl<F: Real> TopK<F> {
         if self.keep_all {
             return 0;
         }
+        if self.keep_none {
+            values.fill(F::ZERO);
+            return 0;
+        }
+        // Branch-free: which entries survive is unpredictable.
         let mut ties = 0;
         for v in values.iter_mut() {
             let m = v.abs();
-            if self.keep_none {
-                *v = F::ZERO;
-            } else if m > self.threshold {
-            } else if m == self.threshold {
-                if ties_seen + ties >= self.ties_to_keep {
-                    *v = F::ZERO;
-                }
-                ties += 1;
-            } else {
-                *v = F::ZERO;
-            }
+            let tie = m == self.threshold;
+            let keep = (m > self.threshold) | (tie & (ties_seen + ties < self.ties_to_keep));
+            ties += usize::from(tie);
+            *v = if keep { *v } else { F::ZERO };
         }
         ties
     }
@@ -159,6 +187,10 @@ pub fn stream_id(name: &str, index: usize) -> u64 {
 pub struct RadixSelect {
     key_bits: u32,
     rank: u64,
+    /// Keys known to be smaller than the selected one.
+    below: u64,
+    /// Keys equal to the selected one (known after the last pass).
+    equal: u64,
     /// Digits fixed so far (as a prefix of the key).
     prefix: u64,
     /// How many 16-bit digits are fixed.
@@ -173,6 +205,8 @@ impl RadixSelect {
         Self {
             key_bits,
             rank: rank.max(1),
+            below: 0,
+            equal: 0,
             prefix: 0,
             fixed: 0,
             hist: vec![0; 1 << 16],
@@ -188,11 +222,30 @@ impl RadixSelect {
     #[inline]
     pub fn observe(&mut self, key: u64) {
         let shift_done = self.key_bits - self.fixed * 16;
-        if self.fixed > 0 && key >> shift_done != self.prefix {
+        // `checked_shr` covers the first pass, where no digit is fixed (a shift by 64 for f64).
+        if key.checked_shr(shift_done).unwrap_or(0) != self.prefix {
             return;
         }
         let digit = (key >> (shift_done - 16)) & 0xFFFF;
         self.hist[digit as usize] += 1;
+    }
+
+    /// Feeds the magnitudes of a slice during a pass.
+    pub fn observe_magnitudes<F: Real>(&mut self, values: &[F]) {
+        let shift_done = self.key_bits - self.fixed * 16;
+        let shift_digit = shift_done - 16;
+        if self.fixed == 0 {
+            for v in values {
+                self.hist[((v.abs().key() >> shift_digit) & 0xFFFF) as usize] += 1;
+            }
+        } else {
+            for v in values {
+                let key = v.abs().key();
+                if key >> shift_done == self.prefix {
+                    self.hist[((key >> shift_digit) & 0xFFFF) as usize] += 1;
+                }
+            }
+        }
     }
 
     /// Merges another selector's histogram (for parallel passes).
@@ -220,7 +273,9 @@ impl RadixSelect {
                 break;
             }
             remaining -= c;
+            self.below += c;
         }
+        self.equal = self.hist[digit as usize];
         self.rank = remaining;
         self.prefix = (self.prefix << 16) | digit;
         self.fixed += 1;
@@ -230,6 +285,16 @@ impl RadixSelect {
     /// The selected key, once no pass is needed.
     pub fn result(&self) -> u64 {
         self.prefix
+    }
+
+    /// How many keys are smaller than the selected one (after the last pass).
+    pub fn below(&self) -> u64 {
+        self.below
+    }
+
+    /// How many keys equal the selected one (after the last pass).
+    pub fn equal(&self) -> u64 {
+        self.equal
     }
 }
 
@@ -254,6 +319,19 @@ mod tests {
         let mut z = v;
         TopK::of(&v, 0.0).apply(&mut z, 0);
         assert!(z.iter().all(|x| *x == 0.0));
+        // The streaming route gives the same selection.
+        let (n, k) = (
+            v.len(),
+            TopK::<f32>::keep_count(v.len(), 4.0 / 7.0 + 1e-9).unwrap(),
+        );
+        let mut sel = RadixSelect::new(32, (n - k + 1) as u64);
+        while sel.needs_pass() {
+            for x in &v {
+                sel.observe(x.abs().key());
+            }
+            sel.finish_pass();
+        }
+        assert_eq!(TopK::from_select(&sel, n, k), t);
         // At least one entry is kept for any positive density.
         let mut one = v;
         TopK::of(&v, 1e-6).apply(&mut one, 0);
@@ -318,5 +396,13 @@ mod tests {
         let mut s64 = values64.clone();
         s64.sort_by(|a, b| a.partial_cmp(b).unwrap());
         assert_eq!(f64::from_key(sel.result()), s64[1233]);
+        assert_eq!(
+            sel.below() as usize,
+            s64.iter().filter(|v| **v < s64[1233]).count()
+        );
+        assert_eq!(
+            sel.equal() as usize,
+            s64.iter().filter(|v| **v == s64[1233]).count()
+        );
     }
 }

@@ -121,3 +121,55 @@ fn every_method_merging_base_with_itself_returns_base() {
         }
     }
 }
+
+/// With many equal magnitudes (as in bf16 task vectors) and tensors spanning several chunks,
+/// the streaming executor keeps exactly the entries the whole-slice `ties` keeps: exactly k,
+/// ties at the threshold by lowest index.
+#[test]
+fn streaming_ties_matches_whole_slice_ties_with_many_ties() {
+    use kiln_checkpoint::{CheckpointWriter, Dtype, ShardPlan, TensorSpec, dtype};
+    let n = 200_003; // more than three chunks
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = 12345u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) % 7) as f32 - 3.0
+    };
+    let base: Vec<f32> = (0..n).map(|i| (i % 5) as f32 * 0.5).collect();
+    let a: Vec<f32> = base.iter().map(|b| b + 0.25 * next()).collect();
+    let b: Vec<f32> = base.iter().map(|b| b + 0.25 * next()).collect();
+    for (name, v) in [("base", &base), ("a", &a), ("b", &b)] {
+        let plan = ShardPlan::new(
+            vec![TensorSpec {
+                name: "w".into(),
+                dtype: Dtype::F32,
+                shape: vec![n],
+            }],
+            u64::MAX,
+        )
+        .unwrap();
+        let mut w =
+            CheckpointWriter::create(dir.path().join(name), plan, Default::default(), false)
+                .unwrap();
+        let mut bytes = vec![0u8; n * 4];
+        dtype::encode_f32(v, Dtype::F32, &mut bytes).unwrap();
+        w.write_tensor("w", &bytes).unwrap();
+        w.finish().unwrap();
+    }
+    let yaml = "models:\n  - model: a\n    parameters: {weight: 1.0, density: 0.37}\n  - model: b\n    parameters: {weight: 0.5, density: 0.61}\nmerge_method: ties\nbase_model: base\nparameters: {lambda: 0.8}\n";
+    let config = MergeConfig::parse(yaml, "t.yml", dir.path()).unwrap();
+    let mut options = MergeOptions::new(dir.path().join("out"));
+    options.threads = Some(2);
+    run(&MergePlan::new(config, options).unwrap(), &mut Silent).unwrap();
+    let got = Checkpoint::open(dir.path().join("out"))
+        .unwrap()
+        .tensor("w")
+        .unwrap()
+        .to_f32()
+        .unwrap();
+    let mut want = vec![0.0f32; n];
+    task_arithmetic::ties(&base, &[&a, &b], &[1.0, 0.5], &[0.37, 0.61], 0.8, &mut want);
+    assert_eq!(got, want);
+}

@@ -31,44 +31,64 @@ pub fn combine<F: Real>(
     out: &mut [F],
 ) {
     assert_eq!(deltas.len(), weights.len(), "one weight per task vector");
-    let eps = F::from_f64(1e-8);
-    let weight_sum = weights.iter().fold(F::ZERO, |a, &w| a + w);
-    for i in 0..out.len() {
-        let (mixed, divisor) = if how.consensus {
-            let mut total = F::ZERO;
-            for (d, &w) in deltas.iter().zip(weights) {
-                total += w * d[i];
+    assert!(
+        base.len() == out.len() && deltas.iter().all(|d| d.len() == out.len()),
+        "equal lengths"
+    );
+    // Column-wise loops (one task vector at a time) so the compiler vectorises them.
+    if how.consensus {
+        // `out` first holds Σ wᵢ·δᵢ, whose sign is the elected one.
+        out.fill(F::ZERO);
+        for (d, &w) in deltas.iter().zip(weights) {
+            for (o, &x) in out.iter_mut().zip(d.iter()) {
+                *o += w * x;
             }
-            let positive = total >= F::ZERO;
-            let (mut mixed, mut div) = (F::ZERO, F::ZERO);
-            for (d, &w) in deltas.iter().zip(weights) {
-                let wd = w * d[i];
-                if (positive && wd > F::ZERO) || (!positive && wd < F::ZERO) {
-                    mixed += wd;
-                    div += w;
-                }
+        }
+        let mut mixed = vec![F::ZERO; out.len()];
+        let mut divisor = vec![F::ZERO; out.len()];
+        for (d, &w) in deltas.iter().zip(weights) {
+            for (((m, v), &t), &x) in mixed
+                .iter_mut()
+                .zip(divisor.iter_mut())
+                .zip(out.iter())
+                .zip(d.iter())
+            {
+                let wd = w * x;
+                // Branch-free (signs are unpredictable): non-short-circuit `&`/`|` and selects.
+                let agrees = (wd > F::ZERO) & (t >= F::ZERO) | (wd < F::ZERO) & (t < F::ZERO);
+                *m += if agrees { wd } else { F::ZERO };
+                *v += if agrees { w } else { F::ZERO };
             }
-            (mixed, if div == F::ZERO { F::ONE } else { div })
+        }
+        for (((o, &b), &m), &v) in out.iter_mut().zip(base).zip(&mixed).zip(&divisor) {
+            let merged = if how.normalize {
+                m / if v == F::ZERO { F::ONE } else { v }
+            } else {
+                m
+            };
+            *o = b + how.lambda * merged;
+        }
+    } else {
+        let weight_sum = weights.iter().fold(F::ZERO, |a, &w| a + w);
+        let divisor = if weight_sum.abs() < F::from_f64(1e-8) {
+            F::ONE
         } else {
-            let mut mixed = F::ZERO;
-            for (d, &w) in deltas.iter().zip(weights) {
-                mixed += w * d[i];
-            }
-            (
-                mixed,
-                if weight_sum.abs() < eps {
-                    F::ONE
-                } else {
-                    weight_sum
-                },
-            )
+            weight_sum
         };
-        let merged = if how.normalize {
-            mixed / divisor
+        let scale = if how.normalize {
+            how.lambda / divisor
         } else {
-            mixed
+            how.lambda
         };
-        out[i] = base[i] + how.lambda * merged;
+        out.fill(F::ZERO);
+        for (d, &w) in deltas.iter().zip(weights) {
+            for (o, &x) in out.iter_mut().zip(d.iter()) {
+                *o += w * x;
+            }
+        }
+        for (o, &b) in out.iter_mut().zip(base) {
+            *o = b + scale * *o;
+        }
     }
 }
 
