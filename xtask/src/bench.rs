@@ -150,7 +150,8 @@ Machine: {machine}; anchor: {versions}.\n\n\
 Peak resident memory: `kiln scaling fit` process {kiln_rss}; scipy single process {py_rss} (pool workers up to {pool_rss}). \
 The fit's working set is the runs themselves (O(runs)); memory does not grow with the number of starts.\n\
 Both fits reach the same objective (scipy {py_obj}); the anchor uses a vectorised numpy objective with the analytic \
-gradient, which is faster than the reference's per-row loop with finite differences.\n\
+gradient, which is faster than the reference's per-row loop with finite differences. The single-process scipy figure is \
+extrapolated from every 10th start (a full run takes tens of minutes), so it is the rougher of the two anchor numbers.\n\
 <!-- bench:scaling:end -->\n",
         machine = machine(),
         brent = time(brent),

@@ -489,6 +489,64 @@ impl CheckpointWriter {
     }
 }
 
+/// Writes one safetensors file atomically (temporary sibling, fsync, rename): `tensors` are
+/// `(name, dtype, shape, little-endian bytes)` in file order.
+///
+/// # Errors
+/// [`Error::WriterOrder`] if a tensor's bytes do not match its shape; [`Error::DuplicateTensor`];
+/// [`Error::Io`].
+pub fn write_file(
+    path: &Path,
+    tensors: &[(&str, Dtype, &[usize], &[u8])],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for (name, dtype, shape, bytes) in tensors {
+        if !seen.insert(*name) {
+            return Err(Error::DuplicateTensor {
+                path: path.display().to_string(),
+                name: (*name).to_owned(),
+            });
+        }
+        let want = shape.iter().product::<usize>() * dtype.size();
+        if bytes.len() != want {
+            return Err(Error::WriterOrder {
+                message: format!(
+                    "`{name}` should have {want} bytes ({dtype} {shape:?}), got {}",
+                    bytes.len()
+                ),
+            });
+        }
+    }
+    let entries: Vec<(&str, Dtype, &[usize])> =
+        tensors.iter().map(|(n, d, s, _)| (*n, *d, *s)).collect();
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.kiln-tmp-{}",
+        file_name(path),
+        std::process::id()
+    ));
+    let result = (|| -> Result<()> {
+        let mut f = BufWriter::new(File::create(&tmp).map_err(io_err(&tmp))?);
+        f.write_all(&Header::encode(metadata, &entries))
+            .map_err(io_err(&tmp))?;
+        for (_, _, _, bytes) in tensors {
+            f.write_all(bytes).map_err(io_err(&tmp))?;
+        }
+        let f = f.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -584,6 +642,26 @@ mod tests {
         assert!(w.write_file("../escape", b"x").is_err());
         let err = w.finish().unwrap_err();
         assert!(err.to_string().contains("before tensor `b`"), "{err}");
+    }
+
+    #[test]
+    fn single_files_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.safetensors");
+        let bytes = 7i64.to_le_bytes();
+        write_file(
+            &p,
+            &[
+                ("a", Dtype::I64, &[1], &bytes),
+                ("b", Dtype::U8, &[2], &[1, 2]),
+            ],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let f = crate::SafetensorsFile::open(&p).unwrap();
+        assert_eq!(f.tensor("a").unwrap().data, &bytes);
+        assert!(write_file(&p, &[("a", Dtype::U8, &[3], &[1])], &BTreeMap::new()).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

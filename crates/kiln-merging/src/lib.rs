@@ -68,3 +68,8 @@ pub use error::{Error, Result};
 pub use executor::{MergeReport, Observer, Silent, TensorDone, run};
 pub use methods::Method;
 pub use plan::{MergeOptions, MergePlan};
+
+// The README's example is compiled as a doctest, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -247,3 +247,64 @@ fn inputs_are_not_modified() {
     }
     let _ = Path::new("");
 }
+
+/// `dtype: float64` runs the same merge in f64; stored as f32 it agrees with the f32 reference.
+#[test]
+fn float64_compute_agrees_with_the_reference() {
+    let m = manifest();
+    for case in ["ties", "slerp", "linear"] {
+        let spec = &m[case];
+        let text =
+            std::fs::read_to_string(fixtures().join(spec["config"].as_str().unwrap())).unwrap();
+        let text = text.replace("dtype: float32", "dtype: float64\nout_dtype: float32");
+        let config = MergeConfig::parse(&text, "f64.yml", &fixtures().join("configs")).unwrap();
+        assert_eq!(config.compute, kiln_merging::config::Compute::F64);
+        let dir = tempfile::tempdir().unwrap();
+        let plan = MergePlan::new(config, MergeOptions::new(dir.path().join("o"))).unwrap();
+        run(&plan, &mut Silent).unwrap();
+        let got = Checkpoint::open(dir.path().join("o")).unwrap();
+        let want = expected(spec);
+        for name in want.names() {
+            let (g, w) = (got.tensor(name).unwrap(), want.tensor(name).unwrap());
+            assert_eq!(g.dtype(), Dtype::F32);
+            let worst = g
+                .to_f32()
+                .unwrap()
+                .iter()
+                .zip(w.to_f32().unwrap())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst <= 1e-6, "{case} {name}: {worst}");
+        }
+    }
+}
+
+/// DARE-TIES with density 1 drops nothing: with `normalize: true` it is exactly TIES with density 1.
+#[test]
+fn dare_ties_without_dropping_is_ties() {
+    let run_yaml = |yaml: &str| {
+        let config = MergeConfig::parse(yaml, "x.yml", &fixtures().join("configs")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        run(
+            &MergePlan::new(config, MergeOptions::new(dir.path().join("o"))).unwrap(),
+            &mut Silent,
+        )
+        .unwrap();
+        let c = Checkpoint::open(dir.path().join("o")).unwrap();
+        (dir, c)
+    };
+    let body = "models:\n  - model: ../models/ft_a\n    parameters: {weight: 1.0, density: 1.0}\n  - model: ../models/ft_b\n    parameters: {weight: 0.7, density: 1.0}\nbase_model: ../models/base\n";
+    let (_a, dare) = run_yaml(&format!(
+        "{body}merge_method: dare_ties\nparameters: {{normalize: true, lambda: 0.9}}\n"
+    ));
+    let (_b, ties) = run_yaml(&format!(
+        "{body}merge_method: ties\nparameters: {{lambda: 0.9}}\n"
+    ));
+    for name in ties.names() {
+        assert_eq!(
+            dare.tensor(name).unwrap().data,
+            ties.tensor(name).unwrap().data,
+            "{name}"
+        );
+    }
+}
