@@ -19,10 +19,16 @@
 //! # Crates
 //! - [`scaling_laws`] (`kiln-scaling-laws`): Chinchilla laws with inference demand — compute- and
 //!   cost-optimal sizing, fitting laws to your own runs (Sardana et al., ICML 2024).
+//! - [`merging`] (`kiln-merging`): Task Arithmetic, TIES, DARE, SLERP, WiSE-FT and model soups over
+//!   Hugging Face checkpoints, streamed from mergekit-style YAML.
+//! - [`checkpoint`] (`kiln-checkpoint`): memory-mapped safetensors directories, dtype conversion,
+//!   atomic sharded output.
 //!
-//! Merging, schedules, LoRA, distillation, scoring and the models are being built; see the
-//! README for what exists today.
+//! Schedules, LoRA, distillation, scoring and the models are being built; see the README for what
+//! exists today.
 
+pub use kiln_checkpoint as checkpoint;
+pub use kiln_merging as merging;
 pub use kiln_scaling_laws as scaling_laws;
 
 // The README's Rust examples run as doctests, so the front page cannot rot.

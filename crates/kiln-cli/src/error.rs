@@ -14,6 +14,10 @@ pub(crate) enum CliError {
     #[error(transparent)]
     Merging(#[from] kiln_merging::Error),
 
+    /// An error of the models crate (config, weights, device, tokenizer, ...).
+    #[error(transparent)]
+    Models(#[from] kiln_models::Error),
+
     /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
     Io {

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! kiln merge ties.yml ./merged --out-shard-size 2GB
+//! kiln run generate --model ./gpt2 --prompt "The cell" --max-new-tokens 20
 //! kiln scaling optimal --loss 1.947 --inference-tokens 2e12
 //! kiln scaling cost --params 30B --requests 1e9 --input-tokens 500 --output-tokens 100
 //! kiln scaling fit --csv runs.csv --json > law.json
@@ -15,6 +16,7 @@ mod error;
 mod merge;
 mod numbers;
 mod output;
+mod run;
 mod scaling;
 
 use std::process::ExitCode;
@@ -37,6 +39,9 @@ enum Command {
     /// Merge Hugging Face checkpoints from a mergekit-style YAML config (TIES, DARE, task
     /// arithmetic, SLERP, linear, WiSE-FT), streamed tensor by tensor.
     Merge(merge::MergeArgs),
+    /// Run a Hugging Face GPT-2 or BERT checkpoint: logits for token ids, or text generation.
+    #[command(subcommand)]
+    Run(run::RunCommand),
     /// Chinchilla scaling laws with inference demand: loss, optimal and cost-optimal sizing,
     /// fitting your own runs, sweeps (Sardana et al., "Beyond Chinchilla-Optimal", ICML 2024).
     #[command(subcommand)]
@@ -47,6 +52,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Merge(args) => merge::run(args),
+        Command::Run(cmd) => run::run(cmd),
         Command::Scaling(cmd) => scaling::run(*cmd),
     };
     match result {

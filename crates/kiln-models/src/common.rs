@@ -1,0 +1,121 @@
+//! Pieces shared by the models: activations, attention with masks and bias, dtype-aware layer norm.
+
+use burn::nn::Dropout;
+use burn::prelude::*;
+use burn::tensor::activation;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, config_err};
+
+/// Activation functions by their Hugging Face names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Activation {
+    /// Exact GELU (erf).
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// tanh-approximated GELU (`gelu_new`, `gelu_fast`, `gelu_pytorch_tanh`): GPT-2's.
+    #[default]
+    #[serde(rename = "gelu_new", alias = "gelu_fast", alias = "gelu_pytorch_tanh")]
+    GeluTanh,
+    /// ReLU.
+    #[serde(rename = "relu")]
+    Relu,
+    /// SiLU / swish.
+    #[serde(rename = "silu", alias = "swish")]
+    Silu,
+    /// `x·σ(1.702x)`.
+    #[serde(rename = "quick_gelu")]
+    QuickGelu,
+    /// tanh.
+    #[serde(rename = "tanh")]
+    Tanh,
+}
+
+impl Activation {
+    /// Parses a Hugging Face `activation_function` / `hidden_act` name.
+    ///
+    /// # Errors
+    /// A config error naming the supported activations.
+    pub fn from_hf(name: &str) -> Result<Self> {
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).map_err(|_| {
+            config_err(format!(
+                "unknown activation `{name}`; supported: gelu, gelu_new (gelu_fast, gelu_pytorch_tanh), relu, silu (swish), quick_gelu, tanh"
+            ))
+        })
+    }
+
+    /// Applies the activation.
+    pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::Gelu => activation::gelu(x),
+            Self::GeluTanh => activation::gelu_approximate(x),
+            Self::Relu => activation::relu(x),
+            Self::Silu => activation::silu(x),
+            Self::QuickGelu => x.clone() * activation::sigmoid(x.mul_scalar(1.702)),
+            Self::Tanh => activation::tanh(x),
+        }
+    }
+}
+
+/// Multi-head scaled dot-product attention on `[B, H, L, Dh]` tensors.
+///
+/// `key_padding` is `[B, Lk]` with `true` at keys to ignore; `bias` is added to the scaled
+/// scores (ALiBi). Through [`burn::tensor::module::attention`] (fused where the backend can),
+/// except while training with attention-probability dropout, which that op does not support:
+/// then the scores are materialised and dropped out explicitly.
+pub(crate) fn multi_head_attention(
+    (q, k, v): (Tensor<4>, Tensor<4>, Tensor<4>),
+    key_padding: Option<Tensor<2, Bool>>,
+    bias: Option<Tensor<4>>,
+    scale: f64,
+    causal: bool,
+    dropout: &Dropout,
+) -> Tensor<4> {
+    let [b, h, lq, _] = q.dims();
+    let lk = k.dims()[2];
+    let mut mask = key_padding.map(|m| m.reshape([b, 1, 1, lk]).expand([b, h, lq, lk]));
+    let training_dropout =
+        dropout.prob > 0.0 && dropout.training.is_enabled() && q.device().is_autodiff();
+    // The op's `is_causal` assumes queries and keys start together; with cached keys (lk > lq)
+    // query i sits at position lk − lq + i, so the mask is built explicitly.
+    let explicit_causal = causal && (lk != lq || training_dropout);
+    if explicit_causal {
+        let c = Tensor::<2, Bool>::tril_mask([lq, lk], lk as i64 - lq as i64, &q.device())
+            .reshape([1, 1, lq, lk])
+            .expand([b, h, lq, lk]);
+        mask = Some(match mask {
+            Some(m) => m.bool_or(c),
+            None => c,
+        });
+    }
+    if !training_dropout {
+        let options = AttentionModuleOptions {
+            scale: Some(scale),
+            softcap: None,
+            is_causal: causal && !explicit_causal,
+        };
+        return attention(q, k, v, mask, bias, options);
+    }
+    let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+    if let Some(m) = mask {
+        scores = scores.mask_fill(m, f32::NEG_INFINITY);
+    }
+    if let Some(bias) = bias {
+        scores = scores + bias;
+    }
+    dropout.forward(activation::softmax(scores, 3)).matmul(v)
+}
+
+/// `[B, L, H·Dh]` → `[B, H, L, Dh]`.
+pub(crate) fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [b, l, d] = x.dims();
+    x.reshape([b, l, heads, d / heads]).swap_dims(1, 2)
+}
+
+/// `[B, H, L, Dh]` → `[B, L, H·Dh]`.
+pub(crate) fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [b, h, l, dh] = x.dims();
+    x.swap_dims(1, 2).reshape([b, l, h * dh])
+}

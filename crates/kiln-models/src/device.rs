@@ -1,0 +1,41 @@
+//! Choosing the burn device from a name (`--device`, `KILN_DEVICE`).
+
+use burn::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// `cpu` (or `flex`) → burn's pure-Rust flex backend; `cuda` / `cuda:N` → CUDA device N (with the
+/// `cuda` feature). Library code never picks a device itself; binaries call this once.
+///
+/// # Errors
+/// [`Error::Device`] for an unknown name, or `cuda` without the feature.
+pub fn device_from_name(name: &str) -> Result<Device> {
+    let n = name.trim().to_ascii_lowercase();
+    match n.as_str() {
+        "cpu" | "flex" => Ok(Device::flex()),
+        #[cfg(feature = "cuda")]
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let index = s
+                .strip_prefix("cuda:")
+                .map_or(Ok(0), str::parse::<usize>)
+                .map_err(|_| Error::Device {
+                    name: name.to_owned(),
+                })?;
+            Ok(Device::cuda(index))
+        }
+        _ => Err(Error::Device {
+            name: name.to_owned(),
+        }),
+    }
+}
+
+/// The device named by `KILN_DEVICE`, else the CPU.
+///
+/// # Errors
+/// As [`device_from_name`].
+pub fn device_from_env() -> Result<Device> {
+    match std::env::var("KILN_DEVICE") {
+        Ok(name) if !name.trim().is_empty() => device_from_name(&name),
+        _ => Ok(Device::flex()),
+    }
+}

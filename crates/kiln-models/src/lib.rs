@@ -1,0 +1,49 @@
+//! Transformer models on [burn](https://burn.dev) that load Hugging Face checkpoints and match
+//! transformers' logits: the GPT-2 family (GPT-2, BioMedLM) and BERT / MosaicBERT.
+//!
+//! ```no_run
+//! use kiln_models::gpt2::Gpt2LmHead;
+//! use kiln_models::{LoadOptions, device_from_name, generate::{generate, GenerationConfig}};
+//!
+//! let device = device_from_name("cpu")?;
+//! let model = Gpt2LmHead::load("models/gpt2", &device, LoadOptions::default())?;
+//! let new_tokens = generate(&model, &[464, 2068, 7586], &GenerationConfig { max_new_tokens: 8, ..Default::default() })?;
+//! println!("{new_tokens:?}");
+//! # Ok::<(), kiln_models::Error>(())
+//! ```
+//!
+//! # What is inside
+//! - [`gpt2`]: [`Gpt2Config`](gpt2::Gpt2Config) (HF `config.json` field names; presets `gpt2`,
+//!   `gpt2_medium`, `biomedlm`), the backbone, LM head (tied or untied), BioMedLM's
+//!   multiple-choice head and sequence classification; KV-cached decoding; parameter and FLOP
+//!   counts.
+//! - [`bert`]: HF BERT and MosaicBERT (ALiBi, GeGLU, unpadding, low-precision LayerNorm) in one
+//!   implementation; MLM (with the masked-tokens-only shortcut), sequence and token
+//!   classification heads.
+//! - [`generate`]: greedy and sampled generation (temperature, top-k, top-p, seeded).
+//! - [`tokenizer`]: `tokenizer.json` through the `tokenizers` crate, offline.
+//! - Loading by explicit name from single or sharded safetensors (via `kiln-checkpoint`), with
+//!   missing and unexpected weights reported as errors unless allowed ([`LoadOptions`]), and saving
+//!   back to the same layout (a round trip is bit-exact).
+//!
+//! # Feature flags
+//! - `cuda`: burn's CUDA backend (`device_from_name("cuda")`). It needs network access at build time;
+//!   see the workspace's docs/GPU.md.
+
+#![warn(missing_docs)]
+
+pub mod bert;
+mod common;
+mod device;
+mod error;
+pub mod generate;
+pub mod gpt2;
+pub mod tokenizer;
+mod weights;
+
+/// The burn version kiln-models is built on (use it to build inputs and read outputs).
+pub use burn;
+pub use common::Activation;
+pub use device::{device_from_env, device_from_name};
+pub use error::{Error, Result};
+pub use weights::LoadOptions;

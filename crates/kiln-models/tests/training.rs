@@ -1,0 +1,216 @@
+//! Gradients flow: one optimiser step lowers each model's loss; unpadded and padded MosaicBERT give
+//! the same gradients.
+
+use std::path::PathBuf;
+
+use burn::optim::{AdamWConfig, GradientsParams};
+use kiln_checkpoint::Checkpoint;
+use kiln_models::LoadOptions;
+use kiln_models::bert::BertForMaskedLm;
+use kiln_models::burn::prelude::*;
+use kiln_models::burn::tensor::TensorData;
+use kiln_models::gpt2::{Gpt2LmHead, Gpt2MultipleChoice};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn reference(name: &str) -> Checkpoint {
+    Checkpoint::open(
+        fixtures()
+            .join("reference")
+            .join(format!("{name}.safetensors")),
+    )
+    .unwrap()
+}
+
+fn ints<const D: usize>(r: &Checkpoint, name: &str, device: &Device) -> Tensor<D, Int> {
+    let t = r.tensor(name).unwrap();
+    let v: Vec<i64> = t
+        .data
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let shape: [usize; D] = t.shape().try_into().unwrap();
+    Tensor::from_data(TensorData::new(v, shape), device)
+}
+
+fn scalar(t: Tensor<1>) -> f32 {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()[0]
+}
+
+fn train_device() -> Device {
+    Device::flex().autodiff()
+}
+
+/// Where `valid()` models run (the same backend without autodiff).
+fn eval() -> Device {
+    Device::flex()
+}
+
+#[test]
+fn one_step_lowers_the_gpt2_lm_loss() {
+    let device = train_device();
+    let r = reference("gpt2_tied");
+    let model = Gpt2LmHead::load(
+        fixtures().join("models/gpt2_tied"),
+        &device,
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let (ids, mask) = (
+        ints::<2>(&r, "input_ids", &device),
+        ints::<2>(&r, "attention_mask", &device),
+    );
+    let (ids_e, mask_e) = (
+        ints::<2>(&r, "input_ids", &eval()),
+        ints::<2>(&r, "attention_mask", &eval()),
+    );
+    let before = scalar(model.valid().loss(ids_e.clone(), Some(mask_e.clone())));
+    let loss = model.loss(ids.clone(), Some(mask.clone()));
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let model = AdamWConfig::new().init().step(1e-2, model, grads);
+    let after = scalar(model.valid().loss(ids_e, Some(mask_e)));
+    assert!(after < before, "loss {before} → {after}");
+}
+
+#[test]
+fn one_step_lowers_the_multiple_choice_loss() {
+    let device = train_device();
+    let r = reference("gpt2_mc");
+    let model = Gpt2MultipleChoice::load(
+        fixtures().join("models/gpt2_mc"),
+        &device,
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let (ids, mask, labels) = (
+        ints::<3>(&r, "input_ids", &device),
+        ints::<3>(&r, "attention_mask", &device),
+        ints::<1>(&r, "labels", &device),
+    );
+    let (ids_e, mask_e, labels_e) = (
+        ints::<3>(&r, "input_ids", &eval()),
+        ints::<3>(&r, "attention_mask", &eval()),
+        ints::<1>(&r, "labels", &eval()),
+    );
+    let before = scalar(
+        model
+            .valid()
+            .loss(ids_e.clone(), Some(mask_e.clone()), labels_e.clone()),
+    );
+    let loss = model.loss(ids.clone(), Some(mask.clone()), labels.clone());
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let model = AdamWConfig::new().init().step(1e-2, model, grads);
+    let after = scalar(model.valid().loss(ids_e, Some(mask_e), labels_e));
+    assert!(after < before, "loss {before} → {after}");
+}
+
+#[test]
+fn one_step_lowers_the_mlm_loss_for_bert_and_mosaic_bert() {
+    for name in ["bert_mlm", "mosaic_bert"] {
+        let device = train_device();
+        let r = reference(name);
+        let model = BertForMaskedLm::load(
+            fixtures().join("models").join(name),
+            &device,
+            LoadOptions::default(),
+        )
+        .unwrap();
+        let ids = ints::<2>(&r, "input_ids", &device);
+        let tt = ints::<2>(&r, "token_type_ids", &device);
+        let mask = ints::<2>(&r, "attention_mask", &device);
+        let labels = ints::<2>(&r, "labels", &device);
+        let unpad = name == "mosaic_bert";
+        let e = eval();
+        let (ids_e, tt_e, mask_e, labels_e) = (
+            ints::<2>(&r, "input_ids", &e),
+            ints::<2>(&r, "token_type_ids", &e),
+            ints::<2>(&r, "attention_mask", &e),
+            ints::<2>(&r, "labels", &e),
+        );
+        let eval = |m: &BertForMaskedLm| {
+            scalar(m.valid().loss(
+                ids_e.clone(),
+                Some(tt_e.clone()),
+                Some(mask_e.clone()),
+                labels_e.clone(),
+                unpad,
+                false,
+            ))
+        };
+        let before = eval(&model);
+        let loss = model.loss(
+            ids.clone(),
+            Some(tt.clone()),
+            Some(mask.clone()),
+            labels.clone(),
+            unpad,
+            true,
+        );
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = AdamWConfig::new().init().step(1e-2, model, grads);
+        let after = eval(&model);
+        assert!(after < before, "{name}: loss {before} → {after}");
+    }
+}
+
+#[test]
+fn unpadded_and_padded_mosaic_bert_have_the_same_gradients() {
+    let device = train_device();
+    let r = reference("mosaic_bert");
+    let mut model = BertForMaskedLm::load(
+        fixtures().join("models/mosaic_bert"),
+        &device,
+        LoadOptions::default(),
+    )
+    .unwrap();
+    // Dropout off, so both paths see the same function.
+    model.bert.embeddings_dropout.prob = 0.0;
+    for layer in &mut model.bert.layers {
+        layer.hidden_dropout.prob = 0.0;
+        layer.attn_dropout.prob = 0.0;
+    }
+    let ids = ints::<2>(&r, "input_ids", &device);
+    let tt = ints::<2>(&r, "token_type_ids", &device);
+    let mask = ints::<2>(&r, "attention_mask", &device);
+    let labels = ints::<2>(&r, "labels", &device);
+    let grads_of = |unpad: bool| {
+        let loss = model.loss(
+            ids.clone(),
+            Some(tt.clone()),
+            Some(mask.clone()),
+            labels.clone(),
+            unpad,
+            false,
+        );
+        let grads = loss.backward();
+        let word = model.bert.word_embeddings.weight.grad(&grads).unwrap();
+        let qkv = model.bert.layers[0].qkv.weight.grad(&grads).unwrap();
+        let v = |t: Tensor<2>| {
+            t.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap()
+        };
+        (v(word), v(qkv))
+    };
+    let (w1, q1) = grads_of(true);
+    let (w2, q2) = grads_of(false);
+    let worst = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    assert!(
+        worst(&w1, &w2) < 1e-5 && worst(&q1, &q2) < 1e-5,
+        "{} {}",
+        worst(&w1, &w2),
+        worst(&q1, &q2)
+    );
+    assert!(w1.iter().any(|g| *g != 0.0));
+}
