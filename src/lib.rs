@@ -23,13 +23,19 @@
 //!   Hugging Face checkpoints, streamed from mergekit-style YAML.
 //! - [`checkpoint`] (`kiln-checkpoint`): memory-mapped safetensors directories, dtype conversion,
 //!   atomic sharded output.
+//! - [`models`] (`kiln-models`): GPT-2 / BioMedLM and BERT / MosaicBERT on burn, loading Hugging
+//!   Face checkpoints with logits parity.
+//! - [`schedules`] (`kiln-schedules`): Composer-style durations (`100ba`, `0.1dur`, `1ep`,
+//!   `2e9tok`), LR multipliers, MLM masking-rate and data-mix schedules.
 //!
-//! Schedules, LoRA, distillation, scoring and the models are being built; see the README for what
+//! Training, LoRA, distillation and scoring are being built; see the README for what
 //! exists today.
 
 pub use kiln_checkpoint as checkpoint;
 pub use kiln_merging as merging;
+pub use kiln_models as models;
 pub use kiln_scaling_laws as scaling_laws;
+pub use kiln_schedules as schedules;
 
 // The README's Rust examples run as doctests, so the front page cannot rot.
 #[cfg(doctest)]
