@@ -9,10 +9,12 @@
 //!                                            recompute "Beyond Chinchilla-Optimal" into docs/reproductions/
 //! cargo xtask bench scaling                  criterion benches + the scipy anchor → docs/BENCHMARKS.md
 //! cargo xtask bench merge                    kiln merge vs mergekit on GPT-2-medium-sized checkpoints
+//! cargo xtask bench models                   burn flex vs PyTorch CPU tokens/s (GPT-2 small, BERT-base)
 //! ```
 
 mod bench;
 mod bench_merge;
+mod bench_models;
 mod ci;
 mod repro_scaling;
 
@@ -33,6 +35,8 @@ commands:
                                     (ICML 2024) into DIR (default docs/reproductions): scaling.md + scaling-sweep.svg
   bench scaling                     run the criterion benches of kiln-scaling-laws and the scipy anchor,
                                     then record both in docs/BENCHMARKS.md
+  bench models                      tokens/s of GPT-2-small and BERT-base on the CPU (forward, forward+backward),
+                                    beside PyTorch → docs/BENCHMARKS.md
   bench merge                       merge three ~0.7 GB bf16 GPT-2-medium checkpoints (ties, linear) with
                                     kiln and, if installed, mergekit; time, GB/s, peak RSS → docs/BENCHMARKS.md
 ";
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         ["repro", "scaling", rest @ ..] => repro_scaling::command(rest),
         ["bench", "scaling", rest @ ..] => bench::scaling(rest),
         ["bench", "merge", rest @ ..] => bench_merge::merge(rest),
+        ["bench", "models", rest @ ..] => bench_models::models(rest),
         ["help" | "--help" | "-h"] | [] => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use kiln_checkpoint::{Dtype, HfConfig};
-use kiln_models::bert::BertForMaskedLm;
+use kiln_models::bert::{
+    BertConfig, BertForMaskedLm, BertForSequenceClassification, BertForTokenClassification,
+};
 use kiln_models::burn::prelude::*;
 use kiln_models::burn::tensor::TensorData;
 use kiln_models::generate::{GenerationConfig, generate};
@@ -46,8 +48,10 @@ pub(crate) struct LogitsArgs {
     /// BERT token types, same layout as --input-ids [default: all 0].
     #[arg(long, value_name = "IDS")]
     token_type_ids: Option<String>,
-    /// Output safetensors file: `logits` f32 [batch, seq, vocab] (and `attention_mask` i64 [batch, seq]
-    /// when rows differ in length).
+    /// Output safetensors file: `logits` f32 [batch, seq, vocab] — [batch, seq, labels] for token
+    /// classification, [batch, labels] for sequence classification — and `attention_mask` i64
+    /// [batch, seq] when rows differ in length. The BERT head comes from `architectures` in
+    /// config.json (BertForMaskedLM when absent).
     #[arg(long, value_name = "FILE")]
     output: PathBuf,
 }
@@ -115,6 +119,38 @@ fn model_type(dir: &Path) -> Result<String, CliError> {
                 dir.display()
             ))
         })
+}
+
+/// Which BERT head a directory holds, from `architectures` in its config.json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BertHead {
+    MaskedLm,
+    SequenceClassification,
+    TokenClassification,
+}
+
+fn bert_head(dir: &Path) -> Result<BertHead, CliError> {
+    let config = HfConfig::read(dir.join("config.json")).map_err(kiln_models::Error::from)?;
+    let arch = config
+        .json()
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(|a| a.as_str())
+        .unwrap_or("BertForMaskedLM");
+    Ok(match arch {
+        a if a.ends_with("ForSequenceClassification") => BertHead::SequenceClassification,
+        a if a.ends_with("ForTokenClassification") => BertHead::TokenClassification,
+        a if a.ends_with("ForMaskedLM") || a.ends_with("ForPreTraining") => BertHead::MaskedLm,
+        other => {
+            return Err(CliError::Usage(format!(
+                "{}: `{other}` has no output head, so there are no logits to write; \
+                 `kiln run logits` runs BertForMaskedLM, BertForSequenceClassification and \
+                 BertForTokenClassification directories (use kiln_models::bert::BertModel for \
+                 hidden states)",
+                dir.display()
+            )));
+        }
+    })
 }
 
 /// Parses `1,2,3;4,5` into rows.
@@ -195,13 +231,19 @@ fn logits(args: LogitsArgs) -> Result<(), CliError> {
             let ids_t = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, l]), &dev);
             let mask_t = ragged
                 .then(|| Tensor::<2, Int>::from_data(TensorData::new(mask.clone(), [b, l]), &dev));
-            (model.forward(ids_t, mask_t, None), mask, l)
+            (model.forward(ids_t, mask_t, None), mask, l, false)
         }
         "bert" => {
-            let model = BertForMaskedLm::load(dir, &dev, LoadOptions::default())?;
-            let c = &model.bert.config;
-            check_vocab(&rows, c.vocab_size)?;
-            let (ids, mask, l) = pad(&rows, c.pad_token_id.unwrap_or(0) as i64);
+            let head = bert_head(dir)?;
+            let config = BertConfig::from_file(dir.join("config.json"))?;
+            check_vocab(&rows, config.vocab_size)?;
+            let (ids, mask, l) = pad(&rows, config.pad_token_id.unwrap_or(0) as i64);
+            if !config.uses_alibi() && l > config.max_position_embeddings {
+                return Err(CliError::Usage(format!(
+                    "{l} tokens exceed the model's {} positions",
+                    config.max_position_embeddings
+                )));
+            }
             let tt = match &args.token_type_ids {
                 Some(t) => {
                     let tt_rows = parse_rows(t, "--token-type-ids")?;
@@ -211,7 +253,7 @@ fn logits(args: LogitsArgs) -> Result<(), CliError> {
                                 .into(),
                         ));
                     }
-                    check_vocab(&tt_rows, c.type_vocab_size)?;
+                    check_vocab(&tt_rows, config.type_vocab_size)?;
                     Some(Tensor::<2, Int>::from_data(
                         TensorData::new(pad(&tt_rows, 0).0, [b, l]),
                         &dev,
@@ -221,7 +263,24 @@ fn logits(args: LogitsArgs) -> Result<(), CliError> {
             };
             let ids_t = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, l]), &dev);
             let mask_t = Tensor::<2, Int>::from_data(TensorData::new(mask.clone(), [b, l]), &dev);
-            (model.forward(ids_t, tt, Some(mask_t), false), mask, l)
+            let logits = match head {
+                BertHead::MaskedLm => {
+                    let model = BertForMaskedLm::load(dir, &dev, LoadOptions::default())?;
+                    model.forward(ids_t, tt, Some(mask_t), false)
+                }
+                BertHead::TokenClassification => {
+                    let model =
+                        BertForTokenClassification::load(dir, &dev, LoadOptions::default())?;
+                    model.forward(ids_t, tt, Some(mask_t))
+                }
+                BertHead::SequenceClassification => {
+                    let model =
+                        BertForSequenceClassification::load(dir, &dev, LoadOptions::default())?;
+                    // One score row per sequence: [batch, 1, labels] keeps the 3-D contract.
+                    model.forward(ids_t, tt, Some(mask_t)).unsqueeze_dim(1)
+                }
+            };
+            (logits, mask, l, head == BertHead::SequenceClassification)
         }
         other => {
             return Err(CliError::Usage(format!(
@@ -229,8 +288,8 @@ fn logits(args: LogitsArgs) -> Result<(), CliError> {
             )));
         }
     };
-    let (logits, mask, l) = out;
-    let v = logits.dims()[2];
+    let (logits, mask, l, per_sequence) = out;
+    let [_, rows_out, v] = logits.dims();
     let values: Vec<f32> = logits
         .into_data()
         .convert::<f32>()
@@ -238,7 +297,11 @@ fn logits(args: LogitsArgs) -> Result<(), CliError> {
         .expect("f32 logits");
     let logit_bytes: Vec<u8> = bytemuck_f32(&values);
     let mask_bytes: Vec<u8> = mask.iter().flat_map(|m| m.to_le_bytes()).collect();
-    let shape = [b, l, v];
+    let shape = if per_sequence {
+        vec![b, v]
+    } else {
+        vec![b, rows_out, v]
+    };
     let mshape = [b, l];
     let mut tensors: Vec<(&str, Dtype, &[usize], &[u8])> =
         vec![("logits", Dtype::F32, &shape, &logit_bytes)];
@@ -247,7 +310,7 @@ fn logits(args: LogitsArgs) -> Result<(), CliError> {
     }
     let meta = BTreeMap::from([("model".to_owned(), dir.display().to_string())]);
     kiln_checkpoint::write_file(&args.output, &tensors, &meta).map_err(kiln_models::Error::from)?;
-    println!("wrote logits [{b}, {l}, {v}] to {}", args.output.display());
+    println!("wrote logits {shape:?} to {}", args.output.display());
     Ok(())
 }
 

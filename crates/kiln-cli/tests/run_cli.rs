@@ -131,6 +131,82 @@ fn logits_contract_for_gpt2_and_bert() {
     assert!(!got.contains("attention_mask"));
 }
 
+/// Token-type rows of a reference, without padding.
+fn type_rows(r: &Checkpoint) -> String {
+    let (tt, shape) = i64s(r, "token_type_ids");
+    let (mask, _) = i64s(r, "attention_mask");
+    tt.chunks(shape[1])
+        .zip(mask.chunks(shape[1]))
+        .map(|(row, m)| {
+            row.iter()
+                .zip(m)
+                .filter(|(_, m)| **m == 1)
+                .map(|(t, _)| t.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+#[test]
+fn logits_of_bert_classification_heads() {
+    let dir = tempfile::tempdir().unwrap();
+    // The head follows `architectures`: [batch, labels] per sequence, [batch, seq, labels] per token.
+    for model in ["bert_seqcls", "bert_regression", "bert_tokcls"] {
+        let r =
+            Checkpoint::open(fixtures().join(format!("reference/{model}.safetensors"))).unwrap();
+        let out = dir.path().join(format!("{model}.safetensors"));
+        let (ids, tt) = (rows(&r), type_rows(&r));
+        let o = kiln(&[
+            "run",
+            "logits",
+            "--model",
+            s(&fixtures().join("models").join(model)),
+            "--input-ids",
+            &ids,
+            "--token-type-ids",
+            &tt,
+            "--output",
+            s(&out),
+        ]);
+        assert!(
+            o.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let got = Checkpoint::open(&out).unwrap();
+        let (logits, want) = (got.tensor("logits").unwrap(), r.tensor("logits").unwrap());
+        assert_eq!(logits.shape(), want.shape(), "{model}");
+        let (a, b) = (logits.to_f32().unwrap(), want.to_f32().unwrap());
+        let per_token = want.shape().len() == 3;
+        let (mask, _) = i64s(&r, "attention_mask");
+        let width = *want.shape().last().unwrap();
+        let worst = a
+            .chunks(width)
+            .zip(b.chunks(width))
+            .enumerate()
+            .filter(|(i, _)| !per_token || mask[*i] == 1)
+            .flat_map(|(_, (x, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "{model}: {worst}");
+    }
+    // A bare encoder has no logits to give, and says so.
+    let o = kiln(&[
+        "run",
+        "logits",
+        "--model",
+        s(&fixtures().join("models/bert_base")),
+        "--input-ids",
+        "1,2,3",
+        "--output",
+        s(&dir.path().join("base.safetensors")),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("`BertModel` has no output head"), "{err}");
+}
+
 #[test]
 fn generate_matches_transformers_greedy() {
     let r = Checkpoint::open(fixtures().join("reference/gpt2_tied.safetensors")).unwrap();

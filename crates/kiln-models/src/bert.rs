@@ -197,6 +197,42 @@ impl BertConfig {
         Ok(())
     }
 
+    /// Parameters of the embeddings and encoder (no pooler, no heads).
+    pub fn num_params(&self) -> usize {
+        let (d, i, l) = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+        );
+        let mut emb = self.vocab_size * d + 2 * d + self.type_vocab_size * d;
+        if !self.uses_alibi() {
+            emb += self.max_position_embeddings * d;
+        }
+        let attn = d * 3 * d + 3 * d + d * d + d + 2 * d;
+        let mlp = if self.uses_glu() {
+            d * 2 * i + i * d + d
+        } else {
+            d * i + i + i * d + d
+        };
+        emb + l * (attn + mlp + 2 * d)
+    }
+
+    /// Forward FLOPs per token at sequence length `seq_len`: 2 × the encoder's matmul
+    /// parameters plus the attention scores, 2·layers·seq_len·hidden (Kaplan et al. 2020).
+    pub fn flops_per_token(&self, seq_len: usize) -> f64 {
+        let (d, i, l) = (
+            self.hidden_size as f64,
+            self.intermediate_size as f64,
+            self.num_hidden_layers as f64,
+        );
+        let mlp = if self.uses_glu() {
+            3.0 * d * i
+        } else {
+            2.0 * d * i
+        };
+        2.0 * l * (4.0 * d * d + mlp) + 2.0 * l * seq_len as f64 * d
+    }
+
     /// Builds a randomly initialised encoder (HF's scheme: N(0, initializer_range), zero biases).
     ///
     /// # Errors
@@ -506,6 +542,61 @@ impl BertModel {
         attention_mask: Option<Tensor<2, Int>>,
         unpad: bool,
     ) -> Tensor<3> {
+        self.forward_layers(
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            unpad,
+            self.layers.len(),
+        )
+    }
+
+    /// Hidden states at the flat positions `subset` (`b·L + s`), `[n, hidden_size]`, computing
+    /// the final layer's attention output, LayerNorms and MLP only for those positions
+    /// (MosaicBERT's last-layer shortcut for MLM: the subset is the masked tokens). Equal to
+    /// selecting the rows of [`forward`](Self::forward).
+    pub fn forward_subset(
+        &self,
+        input_ids: Tensor<2, Int>,
+        token_type_ids: Option<Tensor<2, Int>>,
+        attention_mask: Option<Tensor<2, Int>>,
+        unpad: bool,
+        subset: Tensor<1, Int>,
+    ) -> Tensor<2> {
+        let [b, l] = input_ids.dims();
+        let n = self.layers.len();
+        let h = self.forward_layers(
+            input_ids,
+            token_type_ids,
+            attention_mask.clone(),
+            unpad,
+            n - 1,
+        );
+        let last = &self.layers[n - 1];
+        let d = h.dims()[2];
+        let key_padding = attention_mask.map(|m| m.equal_elem(0));
+        let bias = self.attention_bias(b, l, &h.device());
+        let attn = self
+            .attention(last, h.clone(), key_padding, bias)
+            .reshape([b * l, d])
+            .select(0, subset.clone());
+        let x = h.reshape([b * l, d]).select(0, subset);
+        let a = self.ln(
+            &last.attn_ln,
+            last.hidden_dropout.forward(last.attn_out.forward(attn)) + x,
+        );
+        self.mlp(last, a.unsqueeze::<3>()).squeeze_dim(0)
+    }
+
+    /// The embeddings and the first `upto` layers.
+    fn forward_layers(
+        &self,
+        input_ids: Tensor<2, Int>,
+        token_type_ids: Option<Tensor<2, Int>>,
+        attention_mask: Option<Tensor<2, Int>>,
+        unpad: bool,
+        upto: usize,
+    ) -> Tensor<3> {
         let [b, l] = input_ids.dims();
         let device = input_ids.device();
         let x = self.embed(input_ids, token_type_ids);
@@ -524,7 +615,7 @@ impl BertModel {
                     seq: l,
                 };
                 let mut x = u.gather(x);
-                for layer in &self.layers {
+                for layer in &self.layers[..upto] {
                     // Attention needs the padded layout; everything else runs per real token.
                     let qkv = layer.qkv.forward(x.clone());
                     let attn = self.attention_padded(
@@ -546,7 +637,7 @@ impl BertModel {
             }
             _ => {
                 let mut x = x;
-                for layer in &self.layers {
+                for layer in &self.layers[..upto] {
                     let attn = self.attention(layer, x.clone(), key_padding.clone(), bias.clone());
                     let a = self.ln(
                         &layer.attn_ln,
@@ -855,7 +946,8 @@ impl BertForMaskedLm {
 
     /// Mean cross-entropy over positions whose label is not [`IGNORE_INDEX`] (nats).
     ///
-    /// With `masked_only`, the prediction head runs only on those positions (MosaicBERT's
+    /// With `masked_only`, the final layer's attention output and MLP and the prediction head run
+    /// only on those positions (MosaicBERT's
     /// final-layer shortcut; the loss is the same).
     pub fn loss(
         &self,
@@ -867,18 +959,21 @@ impl BertForMaskedLm {
         masked_only: bool,
     ) -> Tensor<1> {
         let [b, l] = labels.dims();
-        let h = self
-            .bert
-            .forward(input_ids, token_type_ids, attention_mask, unpad);
         let labels = labels.reshape([b * l]);
         let selected = labels.clone().not_equal_elem(IGNORE_INDEX);
-        let d = h.dims()[2];
-        let flat = h.reshape([b * l, d]);
         if masked_only {
+            // The last layer's attention output and MLP, and the head, run on masked tokens only.
             let idx = selected.argwhere().reshape([-1]);
             let n = idx.dims()[0];
+            let h = self.bert.forward_subset(
+                input_ids,
+                token_type_ids,
+                attention_mask,
+                unpad,
+                idx.clone(),
+            );
             let logits = self
-                .head(flat.select(0, idx.clone()).unsqueeze())
+                .head(h.unsqueeze())
                 .reshape([n, self.bert.config.vocab_size]);
             let targets = labels.select(0, idx);
             return log_softmax(logits, 1)
@@ -886,6 +981,11 @@ impl BertForMaskedLm {
                 .neg()
                 .mean();
         }
+        let h = self
+            .bert
+            .forward(input_ids, token_type_ids, attention_mask, unpad);
+        let d = h.dims()[2];
+        let flat = h.reshape([b * l, d]);
         let logits = self
             .head(flat.unsqueeze())
             .reshape([b * l, self.bert.config.vocab_size]);
@@ -957,6 +1057,15 @@ impl BertForMaskedLm {
     }
 }
 
+/// Targets of [`BertForSequenceClassification::loss`].
+#[derive(Debug, Clone)]
+pub enum SequenceLabels {
+    /// Class indices `[B]` (cross-entropy).
+    Classes(Tensor<1, Int>),
+    /// Regression targets `[B]` (mean squared error; the model has one output).
+    Scores(Tensor<1>),
+}
+
 /// Sequence classification / regression: pooler → dropout → `classifier` (`[d, num_labels]`).
 #[derive(Module, Debug)]
 pub struct BertForSequenceClassification {
@@ -978,6 +1087,29 @@ impl BertForSequenceClassification {
     ) -> Tensor<2> {
         let (_, pooled) = self.bert.forward(input_ids, token_type_ids, attention_mask);
         self.classifier.forward(self.dropout.forward(pooled))
+    }
+
+    /// Cross-entropy against integer labels `[B]`, or, with one output column (regression), the
+    /// mean squared error against float targets `[B]` — as transformers chooses.
+    pub fn loss(
+        &self,
+        input_ids: Tensor<2, Int>,
+        token_type_ids: Option<Tensor<2, Int>>,
+        attention_mask: Option<Tensor<2, Int>>,
+        labels: SequenceLabels,
+    ) -> Tensor<1> {
+        let logits = self.forward(input_ids, token_type_ids, attention_mask);
+        let [b, c] = logits.dims();
+        match labels {
+            SequenceLabels::Classes(y) => log_softmax(logits, 1)
+                .gather(1, y.reshape([b, 1]))
+                .neg()
+                .mean(),
+            SequenceLabels::Scores(y) => {
+                debug_assert_eq!(c, 1, "regression uses one output");
+                (logits.reshape([b]) - y).powi_scalar(2).mean()
+            }
+        }
     }
 
     /// Loads an HF `BertForSequenceClassification` directory.
@@ -1035,6 +1167,27 @@ impl BertForTokenClassification {
                     false,
                 )),
             )
+    }
+
+    /// Mean cross-entropy over tokens whose label is not [`IGNORE_INDEX`].
+    pub fn loss(
+        &self,
+        input_ids: Tensor<2, Int>,
+        token_type_ids: Option<Tensor<2, Int>>,
+        attention_mask: Option<Tensor<2, Int>>,
+        labels: Tensor<2, Int>,
+    ) -> Tensor<1> {
+        let logits = self.forward(input_ids, token_type_ids, attention_mask);
+        let [b, l, c] = logits.dims();
+        let labels = labels.reshape([b * l]);
+        let selected = labels.clone().not_equal_elem(IGNORE_INDEX);
+        let targets = labels.mask_fill(selected.clone().bool_not(), 0);
+        let nll = log_softmax(logits.reshape([b * l, c]), 1)
+            .gather(1, targets.reshape([b * l, 1]))
+            .reshape([b * l])
+            .neg();
+        let weights = selected.float();
+        (nll * weights.clone()).sum() / weights.sum()
     }
 
     /// Loads an HF `BertForTokenClassification` directory.

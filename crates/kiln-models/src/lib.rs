@@ -47,3 +47,8 @@ pub use common::Activation;
 pub use device::{device_from_env, device_from_name};
 pub use error::{Error, Result};
 pub use weights::LoadOptions;
+
+// The README's example is compiled as a doctest, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,95 @@
+//! `cargo xtask bench models`: tokens/s of GPT-2-small- and BERT-base-size models on burn's flex CPU
+//! backend, forward and forward + backward, beside PyTorch on the CPU in the same run.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::{Result, root};
+
+pub(crate) fn models(args: &[&str]) -> Result {
+    if !args.is_empty() {
+        return Err(format!("unknown arguments to `bench models`: {args:?}").into());
+    }
+    eprintln!("$ cargo bench -p kiln-models --bench models");
+    let out = Command::new("cargo")
+        .args(["bench", "-p", "kiln-models", "--bench", "models"])
+        .current_dir(root())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "the kiln bench failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let kiln: Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .ok_or("no bench output")?,
+    )?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    let script = root().join("crates/kiln-models/benches/torch_anchor.py");
+    eprintln!("$ python3 {} --threads {threads}", script.display());
+    let torch: Option<Value> = match Command::new("python3")
+        .arg(&script)
+        .args(["--threads", &threads])
+        .output()
+    {
+        Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout)?),
+        Ok(o) => {
+            eprintln!(
+                "PyTorch anchor failed (is torch installed?): {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("cannot run python3: {e}");
+            None
+        }
+    };
+    let num = |v: &Value, k: &str| v[k].as_f64();
+    let mut table = String::from(
+        "| model | pass | kiln (burn flex) tokens/s | PyTorch CPU tokens/s | kiln / PyTorch |\n|---|---|---:|---:|---:|\n",
+    );
+    for (model, label) in [
+        ("gpt2", "GPT-2 small (124M)"),
+        ("bert", "BERT-base MLM (110M encoder)"),
+    ] {
+        for (pass, key) in [
+            ("forward", "forward_tokens_per_s"),
+            ("forward + backward", "train_tokens_per_s"),
+        ] {
+            let k = num(&kiln, &format!("{model}_{key}")).unwrap_or(f64::NAN);
+            let t = torch
+                .as_ref()
+                .and_then(|t| num(t, &format!("{model}_{key}")));
+            table.push_str(&format!(
+                "| {label} | {pass} | {k:.0} | {} | {} |\n",
+                t.map_or("not run".into(), |t| format!("{t:.0}")),
+                t.map_or("—".into(), |t| format!("{:.2}×", k / t))
+            ));
+        }
+    }
+    let torch_version = torch
+        .as_ref()
+        .and_then(|t| t["torch"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "not installed".into());
+    let section = format!(
+        "<!-- bench:models:start -->\n\
+## kiln-models (CPU)\n\n\
+Command: `cargo xtask bench models` (`crates/kiln-models/benches/models.rs`, release build, beside \
+`benches/torch_anchor.py` in the same run). Batch 4 × 128 tokens, random weights, dropout off; median of 5 runs after a \
+warm-up; forward without autodiff, forward + backward of the LM/MLM loss with it. PyTorch {torch_version} with {threads} threads.\n\
+Machine: {}.\n\n{table}\
+<!-- bench:models:end -->\n",
+        crate::bench::machine()
+    );
+    print!("{section}");
+    crate::bench::record(&root().join("docs/BENCHMARKS.md"), "models", &section)?;
+    Ok(())
+}
