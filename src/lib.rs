@@ -25,6 +25,8 @@
 //!   atomic sharded output.
 //! - [`models`] (`kiln-models`): GPT-2 / BioMedLM and BERT / MosaicBERT on burn, loading Hugging
 //!   Face checkpoints with logits parity.
+//! - [`data`] (`kiln-data`): tokenizers (load or train offline), memory-mapped token shards,
+//!   packing, deterministic shuffles, domain mixtures, BERT MLM collation, built-in corpora.
 //! - [`schedules`] (`kiln-schedules`): Composer-style durations (`100ba`, `0.1dur`, `1ep`,
 //!   `2e9tok`), LR multipliers, MLM masking-rate and data-mix schedules.
 //!
@@ -32,6 +34,7 @@
 //! exists today.
 
 pub use kiln_checkpoint as checkpoint;
+pub use kiln_data as data;
 pub use kiln_merging as merging;
 pub use kiln_models as models;
 pub use kiln_scaling_laws as scaling_laws;

@@ -61,7 +61,8 @@ pub use error::{Error, Result};
 pub use file::{SafetensorsFile, TensorView};
 pub use header::{Header, MAX_HEADER_BYTES, METADATA_KEY, TensorInfo};
 pub use writer::{
-    AtomicDir, CheckpointWriter, DEFAULT_MAX_SHARD_BYTES, ShardPlan, TensorSpec, write_file,
+    AtomicDir, CheckpointWriter, DEFAULT_MAX_SHARD_BYTES, ShardPlan, TensorSpec, write_atomic,
+    write_file,
 };
 
 // The README's example runs as a doctest, so it cannot rot.

@@ -489,6 +489,34 @@ impl CheckpointWriter {
     }
 }
 
+/// Writes `bytes` to `path` atomically: a temporary sibling, fsync, rename, fsync of the
+/// directory. Readers see the old file or the new one, never a part.
+///
+/// # Errors
+/// [`Error::Io`].
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.kiln-tmp-{}",
+        file_name(path),
+        std::process::id()
+    ));
+    let result = (|| -> Result<()> {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Writes one safetensors file atomically (temporary sibling, fsync, rename): `tensors` are
 /// `(name, dtype, shape, little-endian bytes)` in file order.
 ///
@@ -674,5 +702,20 @@ mod tests {
             assert!(!stale.exists());
         }
         drop(a);
+    }
+
+    #[test]
+    fn write_atomic_replaces_whole_files_and_leaves_no_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        write_atomic(&p, b"first").unwrap();
+        write_atomic(&p, b"second, longer").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"second, longer");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let missing = dir.path().join("no/such/dir/file");
+        assert!(matches!(
+            write_atomic(&missing, b"x"),
+            Err(Error::Io { .. })
+        ));
     }
 }
