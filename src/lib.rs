@@ -29,8 +29,11 @@
 //!   packing, deterministic shuffles, domain mixtures, BERT MLM collation, built-in corpora.
 //! - [`schedules`] (`kiln-schedules`): Composer-style durations (`100ba`, `0.1dur`, `1ep`,
 //!   `2e9tok`), LR multipliers, MLM masking-rate and data-mix schedules.
+//! - [`train`] (`kiln-train`): the training loop — events and algorithms, AdamW/Lion with
+//!   Composer's decoupled weight decay, accumulation, clipping, evaluation, metrics, exact
+//!   autoresume from atomic checkpoints.
 //!
-//! Training, LoRA, distillation and scoring are being built; see the README for what
+//! LoRA, distillation and scoring are being built; see the README for what
 //! exists today.
 
 pub use kiln_checkpoint as checkpoint;
@@ -39,6 +42,7 @@ pub use kiln_merging as merging;
 pub use kiln_models as models;
 pub use kiln_scaling_laws as scaling_laws;
 pub use kiln_schedules as schedules;
+pub use kiln_train as train;
 
 // The README's Rust examples run as doctests, so the front page cannot rot.
 #[cfg(doctest)]

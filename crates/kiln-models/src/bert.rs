@@ -302,9 +302,14 @@ impl BertConfig {
     }
 }
 
-fn zero_bias(mut l: Linear) -> Linear {
+/// Zeroes a Linear's bias (HF's init), keeping it trainable: `zeros_like` makes a fresh tensor
+/// without `require_grad`, so the flag is carried over.
+pub(crate) fn zero_bias(mut l: Linear) -> Linear {
     if let Some(b) = l.bias.take() {
-        l.bias = Some(b.map(|t| t.zeros_like()));
+        l.bias = Some(b.map(|t| {
+            let trainable = t.is_require_grad();
+            t.zeros_like().set_require_grad(trainable)
+        }));
     }
     l
 }

@@ -256,12 +256,7 @@ impl Gpt2Config {
                 .with_initializer(normal(s))
                 .init(device)
         };
-        let zero_bias = |mut l: Linear| {
-            if let Some(b) = l.bias.take() {
-                l.bias = Some(b.map(|t| t.zeros_like()));
-            }
-            l
-        };
+        let zero_bias = crate::bert::zero_bias;
         let resid_std = std / (2.0 * self.n_layer as f64).sqrt();
         let h = (0..self.n_layer)
             .map(|idx| Gpt2Block {

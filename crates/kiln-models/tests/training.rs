@@ -214,3 +214,57 @@ fn unpadded_and_padded_mosaic_bert_have_the_same_gradients() {
     );
     assert!(w1.iter().any(|g| *g != 0.0));
 }
+
+/// Every parameter of a freshly initialised model is trainable, and stays so through a save and
+/// load (a bias created with `zeros_like` once was not, so it never learned).
+#[test]
+fn every_initialised_parameter_requires_grad() {
+    use burn::module::{Module, ModuleVisitor, Param};
+
+    #[derive(Default)]
+    struct Frozen(Vec<String>, Vec<String>);
+    impl ModuleVisitor for Frozen {
+        fn enter_module(&mut self, n: &str, _: &str) {
+            self.1.push(n.into());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.1.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if !p.val().is_require_grad() {
+                self.0.push(self.1.join("."));
+            }
+        }
+    }
+    let device = train_device();
+    let bert = kiln_models::bert::BertConfig {
+        vocab_size: 50,
+        hidden_size: 16,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        intermediate_size: 32,
+        max_position_embeddings: 16,
+        ..Default::default()
+    };
+    let mut frozen = Frozen::default();
+    let m = BertForMaskedLm::init(&bert, &device).unwrap();
+    m.visit(&mut frozen);
+    let mosaic = kiln_models::bert::BertConfig {
+        alibi_starting_size: Some(16),
+        ..bert.clone()
+    };
+    BertForMaskedLm::init(&mosaic, &device)
+        .unwrap()
+        .visit(&mut frozen);
+    Gpt2LmHead::init(&kiln_models::gpt2::Gpt2Config::tiny(), &device)
+        .unwrap()
+        .visit(&mut frozen);
+    let dir = tempfile::tempdir().unwrap();
+    m.clone().save_file(dir.path().join("m.bpk")).unwrap();
+    BertForMaskedLm::init(&bert, &device)
+        .unwrap()
+        .try_load_file(dir.path().join("m.bpk"))
+        .unwrap()
+        .visit(&mut frozen);
+    assert!(frozen.0.is_empty(), "not trainable: {:?}", frozen.0);
+}
