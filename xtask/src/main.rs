@@ -7,7 +7,10 @@
 //! cargo xtask ci [--no-test]                 fmt check, clippy -D warnings, tests, docs, quick pipelines
 //! cargo xtask repro scaling [--quick] [--out DIR]
 //!                                            recompute "Beyond Chinchilla-Optimal" into docs/reproductions/
+//! cargo xtask repro masking [--quick] [--out DIR]
+//!                                            dynamic masking-rate schedules (Ankner et al.) at small scale
 //! cargo xtask bench scaling                  criterion benches + the scipy anchor → docs/BENCHMARKS.md
+//! cargo xtask bench train                   one tiny-BERT training step: burn flex vs PyTorch CPU
 //! cargo xtask bench merge                    kiln merge vs mergekit on GPT-2-medium-sized checkpoints
 //! cargo xtask bench models                   burn flex vs PyTorch CPU tokens/s (GPT-2 small, BERT-base)
 //! ```
@@ -15,7 +18,9 @@
 mod bench;
 mod bench_merge;
 mod bench_models;
+mod bench_train;
 mod ci;
+mod repro_masking;
 mod repro_scaling;
 
 use std::path::{Path, PathBuf};
@@ -33,10 +38,17 @@ commands:
   repro scaling [--quick] [--out DIR]
                                     recompute the worked examples, demand sweep and fits of Sardana et al.
                                     (ICML 2024) into DIR (default docs/reproductions): scaling.md + scaling-sweep.svg
+  repro masking [--quick] [--out DIR]
+                                    pretrain a small MosaicBERT-style encoder on the built-in corpus with
+                                    constant 15%, constant 30% and linear 30%->15% masking (3 seeds; --quick:
+                                    1 seed, 120 steps), evaluate MLM loss at 15% and an acceptability probe
+                                    → DIR (default docs/reproductions): masking.md + masking-curves.svg
   bench scaling                     run the criterion benches of kiln-scaling-laws and the scipy anchor,
                                     then record both in docs/BENCHMARKS.md
   bench models                      tokens/s of GPT-2-small and BERT-base on the CPU (forward, forward+backward),
                                     beside PyTorch → docs/BENCHMARKS.md
+  bench train                       one training step of a tiny BERT (forward, MLM loss, backward, clipping,
+                                    AdamW) on the CPU, beside PyTorch → docs/BENCHMARKS.md
   bench merge                       merge three ~0.7 GB bf16 GPT-2-medium checkpoints (ties, linear) with
                                     kiln and, if installed, mergekit; time, GB/s, peak RSS → docs/BENCHMARKS.md
 ";
@@ -47,9 +59,11 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["ci", rest @ ..] => ci::command(rest),
         ["repro", "scaling", rest @ ..] => repro_scaling::command(rest),
+        ["repro", "masking", rest @ ..] => repro_masking::command(rest),
         ["bench", "scaling", rest @ ..] => bench::scaling(rest),
         ["bench", "merge", rest @ ..] => bench_merge::merge(rest),
         ["bench", "models", rest @ ..] => bench_models::models(rest),
+        ["bench", "train", rest @ ..] => bench_train::train(rest),
         ["help" | "--help" | "-h"] | [] => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

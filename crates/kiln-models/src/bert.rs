@@ -1117,6 +1117,39 @@ impl BertForSequenceClassification {
         }
     }
 
+    /// A classifier on a (pre)trained encoder, e.g. `BertForMaskedLm::bert` after MLM
+    /// pretraining: the pooler and the classifier are new, initialised as transformers does
+    /// (normal with `initializer_range`, zero biases).
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error) if `num_labels` is 0.
+    pub fn from_encoder(bert: BertModel, num_labels: usize, device: &Device) -> Result<Self> {
+        if num_labels == 0 {
+            return Err(config_err("num_labels must be at least 1"));
+        }
+        let c = bert.config.clone();
+        let linear = |i: usize, o: usize| {
+            zero_bias(
+                LinearConfig::new(i, o)
+                    .with_initializer(Initializer::Normal {
+                        mean: 0.0,
+                        std: c.initializer_range,
+                    })
+                    .init(device),
+            )
+        };
+        Ok(Self {
+            bert: BertWithPooler {
+                pooler: BertPooler {
+                    dense: linear(c.hidden_size, c.hidden_size),
+                },
+                bert,
+            },
+            dropout: DropoutConfig::new(c.hidden_dropout_prob).init(),
+            classifier: linear(c.hidden_size, num_labels),
+        })
+    }
+
     /// Loads an HF `BertForSequenceClassification` directory.
     ///
     /// # Errors

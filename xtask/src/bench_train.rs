@@ -1,0 +1,98 @@
+//! `cargo xtask bench train`: training-step throughput of a tiny BERT on burn's flex CPU backend
+//! beside the same step in PyTorch, in one run.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::{Result, root};
+
+pub(crate) fn train(args: &[&str]) -> Result {
+    if !args.is_empty() {
+        return Err(format!("unknown arguments to `bench train`: {args:?}").into());
+    }
+    eprintln!("$ cargo bench -p kiln-train --bench train_step");
+    let out = Command::new("cargo")
+        .args(["bench", "-p", "kiln-train", "--bench", "train_step"])
+        .current_dir(root())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "the kiln bench failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let kiln: Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .ok_or("no bench output")?,
+    )?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    let script = root().join("crates/kiln-train/benches/torch_train_step.py");
+    eprintln!("$ python3 {} --threads {threads}", script.display());
+    let torch: Option<Value> = match Command::new("python3")
+        .arg(&script)
+        .args(["--threads", &threads])
+        .output()
+    {
+        Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout)?),
+        Ok(o) => {
+            eprintln!(
+                "PyTorch anchor failed (is torch installed?): {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("cannot run python3: {e}");
+            None
+        }
+    };
+    let num = |v: &Value, k: &str| v[k].as_f64();
+    let mut table = String::from(
+        "| model | kiln step (ms) | kiln tokens/s | PyTorch step (ms) | PyTorch tokens/s | kiln / PyTorch |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for (key, label) in [
+        ("bert", "BERT layout (learned positions, GELU)"),
+        ("mosaic_bert", "MosaicBERT layout (ALiBi, GeGLU)"),
+    ] {
+        let ks = num(&kiln, &format!("{key}_step_s")).unwrap_or(f64::NAN);
+        let kt = num(&kiln, &format!("{key}_tokens_per_s")).unwrap_or(f64::NAN);
+        let t = torch.as_ref().and_then(|t| {
+            Some((
+                num(t, &format!("{key}_step_s"))?,
+                num(t, &format!("{key}_tokens_per_s"))?,
+            ))
+        });
+        table.push_str(&format!(
+            "| {label} | {:.1} | {kt:.0} | {} | {} | {} |\n",
+            ks * 1e3,
+            t.map_or("—".into(), |t| format!("{:.1}", t.0 * 1e3)),
+            t.map_or("—".into(), |t| format!("{:.0}", t.1)),
+            t.map_or("—".into(), |t| format!("{:.2}×", kt / t.1)),
+        ));
+    }
+    let torch_version = torch
+        .as_ref()
+        .and_then(|t| t["torch"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "not installed".into());
+    let section = format!(
+        "<!-- bench:train:start -->\n\
+## kiln-train: one training step of a tiny BERT (CPU)\n\n\
+Command: `cargo xtask bench train` (`crates/kiln-train/benches/train_step.rs`, release build, beside \
+`benches/torch_train_step.py` in the same run). Hidden 64, 2 layers, 4 heads, MLP 128, vocabulary 1,024, dropout 0.1; \
+batch 32 × 64 tokens; one step = forward, MLM loss on every 7th position, backward, global-norm clipping at 1.0, AdamW; \
+median of 20 steps after 2 warm-up steps. The PyTorch step is transformers' `BertForMaskedLM` with `torch.optim.AdamW` and \
+`clip_grad_norm_` (transformers has no MosaicBERT, so that row has no anchor). PyTorch {torch_version} with {threads} threads.\n\
+Machine: {}.\n\n{table}\
+<!-- bench:train:end -->\n",
+        crate::bench::machine()
+    );
+    print!("{section}");
+    crate::bench::record(&root().join("docs/BENCHMARKS.md"), "train", &section)?;
+    Ok(())
+}
