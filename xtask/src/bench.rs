@@ -195,6 +195,56 @@ pub(crate) fn record(path: &Path, name: &str, section: &str) -> Result {
     Ok(())
 }
 
+/// Runs `cargo bench -p PKG --bench NAME` and parses the JSON object it prints last.
+pub(crate) fn kiln_json_bench(package: &str, bench: &str) -> Result<serde_json::Value> {
+    eprintln!("$ cargo bench -p {package} --bench {bench}");
+    let out = std::process::Command::new("cargo")
+        .args(["bench", "-p", package, "--bench", bench])
+        .current_dir(crate::root())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "the kiln bench failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .ok_or("no bench output")?,
+    )?)
+}
+
+/// Runs a PyTorch anchor script with `--threads` set to this machine's cores; `None` (with the
+/// reason on stderr) when python3 or torch is missing, so the kiln side is still recorded.
+pub(crate) fn torch_anchor(script: &Path) -> Result<(Option<serde_json::Value>, String)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    eprintln!("$ python3 {} --threads {threads}", script.display());
+    let value = match std::process::Command::new("python3")
+        .arg(script)
+        .args(["--threads", &threads])
+        .output()
+    {
+        Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout)?),
+        Ok(o) => {
+            eprintln!(
+                "PyTorch anchor failed (is torch installed?): {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("cannot run python3: {e}");
+            None
+        }
+    };
+    Ok((value, threads))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,6 @@
 //! `cargo xtask bench models`: tokens/s of GPT-2-small- and BERT-base-size models on burn's flex CPU
 //! backend, forward and forward + backward, beside PyTorch on the CPU in the same run.
 
-use std::process::Command;
-
 use serde_json::Value;
 
 use crate::{Result, root};
@@ -11,47 +9,9 @@ pub(crate) fn models(args: &[&str]) -> Result {
     if !args.is_empty() {
         return Err(format!("unknown arguments to `bench models`: {args:?}").into());
     }
-    eprintln!("$ cargo bench -p kiln-models --bench models");
-    let out = Command::new("cargo")
-        .args(["bench", "-p", "kiln-models", "--bench", "models"])
-        .current_dir(root())
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "the kiln bench failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    let kiln: Value = serde_json::from_str(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .ok_or("no bench output")?,
-    )?;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .to_string();
-    let script = root().join("crates/kiln-models/benches/torch_anchor.py");
-    eprintln!("$ python3 {} --threads {threads}", script.display());
-    let torch: Option<Value> = match Command::new("python3")
-        .arg(&script)
-        .args(["--threads", &threads])
-        .output()
-    {
-        Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout)?),
-        Ok(o) => {
-            eprintln!(
-                "PyTorch anchor failed (is torch installed?): {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("cannot run python3: {e}");
-            None
-        }
-    };
+    let kiln = crate::bench::kiln_json_bench("kiln-models", "models")?;
+    let (torch, threads) =
+        crate::bench::torch_anchor(&root().join("crates/kiln-models/benches/torch_anchor.py"))?;
     let num = |v: &Value, k: &str| v[k].as_f64();
     let mut table = String::from(
         "| model | pass | kiln (burn flex) tokens/s | PyTorch CPU tokens/s | kiln / PyTorch |\n|---|---|---:|---:|---:|\n",

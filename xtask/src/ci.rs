@@ -35,8 +35,10 @@ pub(crate) fn run_ci(no_test: bool) -> Result {
             "kiln-cli",
             "-p",
             "kiln-train",
+            "-p",
+            "kiln-gpu-check",
             "--features",
-            "kiln-cli/cuda,kiln-train/cuda",
+            "kiln-cli/cuda,kiln-train/cuda,kiln-gpu-check/cuda-offline",
         ],
         &[("DOCS_RS", "1")],
     )?;
@@ -46,6 +48,11 @@ pub(crate) fn run_ci(no_test: bool) -> Result {
     run(
         "cargo",
         &["xtask", "repro", "scaling", "--quick", "--out", out_str],
+        &[],
+    )?;
+    run(
+        "cargo",
+        &["xtask", "repro", "masking", "--quick", "--out", out_str],
         &[],
     )?;
     let _ = std::fs::remove_dir_all(&out);

@@ -9,6 +9,7 @@
 //!                                            recompute "Beyond Chinchilla-Optimal" into docs/reproductions/
 //! cargo xtask repro masking [--quick] [--out DIR]
 //!                                            dynamic masking-rate schedules (Ankner et al.) at small scale
+//! cargo xtask gpu-check build|cpu          offline CUDA build of kiln-gpu-check (docs/GPU.md) / its CPU half
 //! cargo xtask bench scaling                  criterion benches + the scipy anchor → docs/BENCHMARKS.md
 //! cargo xtask bench train                   one tiny-BERT training step: burn flex vs PyTorch CPU
 //! cargo xtask bench merge                    kiln merge vs mergekit on GPT-2-medium-sized checkpoints
@@ -20,6 +21,7 @@ mod bench_merge;
 mod bench_models;
 mod bench_train;
 mod ci;
+mod gpu_check;
 mod repro_masking;
 mod repro_scaling;
 
@@ -43,6 +45,9 @@ commands:
                                     constant 15%, constant 30% and linear 30%->15% masking (3 seeds; --quick:
                                     1 seed, 120 steps), evaluate MLM loss at 15% and an acceptability probe
                                     → DIR (default docs/reproductions): masking.md + masking-curves.svg
+  gpu-check build                   build kiln-gpu-check for CUDA without network (DOCS_RS=1, NVRTC kernels,
+                                    LLVM symbols stubbed; see docs/GPU.md) into gpu-check/
+  gpu-check cpu                     run kiln-gpu-check's checks on the CPU (--device cpu --quick)
   bench scaling                     run the criterion benches of kiln-scaling-laws and the scipy anchor,
                                     then record both in docs/BENCHMARKS.md
   bench models                      tokens/s of GPT-2-small and BERT-base on the CPU (forward, forward+backward),
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["ci", rest @ ..] => ci::command(rest),
+        ["gpu-check", rest @ ..] => gpu_check::command(rest),
         ["repro", "scaling", rest @ ..] => repro_scaling::command(rest),
         ["repro", "masking", rest @ ..] => repro_masking::command(rest),
         ["bench", "scaling", rest @ ..] => bench::scaling(rest),

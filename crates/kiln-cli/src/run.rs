@@ -335,7 +335,7 @@ fn generate_text(args: GenerateArgs) -> Result<(), CliError> {
         },
     )?;
     let tokenizer = if dir.join("tokenizer.json").is_file() {
-        Some(Tokenizer::from_file(dir)?)
+        Some(Tokenizer::from_file(dir).map_err(kiln_models::Error::from)?)
     } else {
         None
     };
@@ -347,7 +347,8 @@ fn generate_text(args: GenerateArgs) -> Result<(), CliError> {
                     dir.display()
                 ))
             })?;
-            tok.encode(text, false)?
+            tok.encode(text, false)
+                .map_err(kiln_models::Error::from)?
                 .into_iter()
                 .map(i64::from)
                 .collect()
@@ -372,7 +373,10 @@ fn generate_text(args: GenerateArgs) -> Result<(), CliError> {
     };
     let new = generate(&model, &prompt, &config)?;
     let text = match &tokenizer {
-        Some(t) => Some(t.decode(&new.iter().map(|&i| i as u32).collect::<Vec<_>>(), true)?),
+        Some(t) => Some(
+            t.decode(&new.iter().map(|&i| i as u32).collect::<Vec<_>>(), true)
+                .map_err(kiln_models::Error::from)?,
+        ),
         None => None,
     };
     if args.json {

@@ -63,14 +63,9 @@ pub enum Error {
         message: String,
     },
 
-    /// Loading or using a tokenizer failed.
-    #[error("tokenizer {}: {message}", path.display())]
-    Tokenizer {
-        /// The tokenizer file.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
+    /// Loading or using a tokenizer failed (kiln-data's errors).
+    #[error(transparent)]
+    Data(#[from] kiln_data::Error),
 
     /// An unknown device name.
     #[error("unknown device `{name}`; expected `cpu` (flex){}", if cfg!(feature = "cuda") { ", `cuda` or `cuda:N`" } else { " (build with the `cuda` feature for `cuda[:N]`)" })]

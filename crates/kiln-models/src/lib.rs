@@ -38,7 +38,8 @@ mod device;
 mod error;
 pub mod generate;
 pub mod gpt2;
-pub mod tokenizer;
+/// `tokenizer.json` through the `tokenizers` crate, offline (kiln-data's tokenizer module).
+pub use kiln_data::tokenizer;
 mod weights;
 
 /// The burn version kiln-models is built on (use it to build inputs and read outputs).

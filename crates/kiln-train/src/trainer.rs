@@ -423,30 +423,35 @@ impl Trainer {
         let metrics_path = self.run_dir.join("metrics.jsonl");
         let mut log = MetricsLog::open(&metrics_path, state.step)?;
         let mut eval = BTreeMap::new();
-        let fire = |event: Event,
-                    algorithms: &mut [Box<dyn Algorithm<M>>],
-                    ctx: &mut Context<'_, M>|
-         -> Result<()> {
-            for a in algorithms.iter_mut() {
-                a.on_event(event, ctx).map_err(|message| Error::Algorithm {
-                    name: a.name().to_owned(),
-                    event,
-                    message,
-                })?;
-            }
-            Ok(())
-        };
+        // Runs every algorithm at an event, with the loss where there is one.
+        macro_rules! emit {
+            ($event:expr, $metrics:ident) => {
+                fire(
+                    $event,
+                    algorithms,
+                    &mut Context {
+                        state: &state,
+                        model: &mut model,
+                        loss: None,
+                        metrics: &mut $metrics,
+                    },
+                )
+            };
+            ($event:expr, $metrics:ident, $loss:ident) => {
+                fire(
+                    $event,
+                    algorithms,
+                    &mut Context {
+                        state: &state,
+                        model: &mut model,
+                        loss: Some(&mut $loss),
+                        metrics: &mut $metrics,
+                    },
+                )
+            };
+        }
         let mut scratch = BTreeMap::new();
-        fire(
-            Event::FitStart,
-            algorithms,
-            &mut Context {
-                state: &state,
-                model: &mut model,
-                loss: None,
-                metrics: &mut scratch,
-            },
-        )?;
+        emit!(Event::FitStart, scratch)?;
         let bar = Progress::new(total, state.step, c.progress_bar);
         let started = Instant::now();
         let (start_tokens, start_samples) = (state.tokens, state.samples);
@@ -454,16 +459,7 @@ impl Trainer {
             let step_started = Instant::now();
             device.seed(step_seed(c.seed, state.step));
             let mut metrics = BTreeMap::new();
-            fire(
-                Event::BatchStart,
-                algorithms,
-                &mut Context {
-                    state: &state,
-                    model: &mut model,
-                    loss: None,
-                    metrics: &mut metrics,
-                },
-            )?;
+            emit!(Event::BatchStart, metrics)?;
             let mut accumulator = GradientsAccumulator::<M>::new();
             let (mut loss_sum, mut size) = (0.0, BatchSize::default());
             for micro in 0..c.grad_accum {
@@ -471,26 +467,8 @@ impl Trainer {
                 size.samples += bs.samples;
                 size.tokens += bs.tokens;
                 let mut loss = task.loss(&model, batch)?;
-                fire(
-                    Event::AfterForward,
-                    algorithms,
-                    &mut Context {
-                        state: &state,
-                        model: &mut model,
-                        loss: None,
-                        metrics: &mut metrics,
-                    },
-                )?;
-                fire(
-                    Event::AfterLoss,
-                    algorithms,
-                    &mut Context {
-                        state: &state,
-                        model: &mut model,
-                        loss: Some(&mut loss),
-                        metrics: &mut metrics,
-                    },
-                )?;
+                emit!(Event::AfterForward, metrics)?;
+                emit!(Event::AfterLoss, metrics, loss)?;
                 let value = scalar(&loss);
                 if !value.is_finite() {
                     bar.finish();
@@ -514,16 +492,7 @@ impl Trainer {
                 Some(max) => clip_grad_norm(&model, &mut grads, max),
                 None => crate::optim::grad_norm(&model, &grads),
             };
-            fire(
-                Event::AfterBackward,
-                algorithms,
-                &mut Context {
-                    state: &state,
-                    model: &mut model,
-                    loss: None,
-                    metrics: &mut metrics,
-                },
-            )?;
+            emit!(Event::AfterBackward, metrics)?;
             let lr_now = c.optimizer.lr() * lr.multiplier(state.step as f64);
             model = step(&mut optim, lr_now, model, grads);
             state.step += 1;
@@ -533,16 +502,7 @@ impl Trainer {
             state.lr = lr_now;
             state.loss = Some(loss_sum / c.grad_accum as f64);
             state.grad_norm = Some(norm);
-            fire(
-                Event::AfterStep,
-                algorithms,
-                &mut Context {
-                    state: &state,
-                    model: &mut model,
-                    loss: None,
-                    metrics: &mut metrics,
-                },
-            )?;
+            emit!(Event::AfterStep, metrics)?;
             let secs = step_started.elapsed().as_secs_f64();
             let mut line = serde_json::json!({
                 "split": "train", "step": state.step, "loss": state.loss, "lr": lr_now, "grad_norm": norm,
@@ -553,16 +513,7 @@ impl Trainer {
                 line[k] = serde_json::json!(v);
             }
             log.write(&line)?;
-            fire(
-                Event::BatchEnd,
-                algorithms,
-                &mut Context {
-                    state: &state,
-                    model: &mut model,
-                    loss: None,
-                    metrics: &mut metrics,
-                },
-            )?;
+            emit!(Event::BatchEnd, metrics)?;
             let elapsed = started.elapsed().as_secs_f64();
             bar.update(
                 &state,
@@ -571,16 +522,7 @@ impl Trainer {
             );
             if due(state.step, eval_every) || state.step == total {
                 eval = task.evaluate(&model, &state)?;
-                fire(
-                    Event::EvalEnd,
-                    algorithms,
-                    &mut Context {
-                        state: &state,
-                        model: &mut model,
-                        loss: None,
-                        metrics: &mut eval,
-                    },
-                )?;
+                emit!(Event::EvalEnd, eval)?;
                 let mut line = serde_json::json!({"split": "eval", "step": state.step, "samples": state.samples, "tokens": state.tokens});
                 for (k, v) in &eval {
                     line[k] = serde_json::json!(v);
@@ -625,28 +567,10 @@ impl Trainer {
                 })?;
                 checkpoints.prune(c.keep_last_n)?;
                 last_checkpoint = Some(path);
-                fire(
-                    Event::Checkpoint,
-                    algorithms,
-                    &mut Context {
-                        state: &state,
-                        model: &mut model,
-                        loss: None,
-                        metrics: &mut metrics,
-                    },
-                )?;
+                emit!(Event::Checkpoint, metrics)?;
             }
         }
-        fire(
-            Event::FitEnd,
-            algorithms,
-            &mut Context {
-                state: &state,
-                model: &mut model,
-                loss: None,
-                metrics: &mut scratch,
-            },
-        )?;
+        emit!(Event::FitEnd, scratch)?;
         bar.finish();
         Ok(FitOutcome {
             model,
@@ -655,6 +579,21 @@ impl Trainer {
             resumed_from,
         })
     }
+}
+
+fn fire<M>(
+    event: Event,
+    algorithms: &mut [Box<dyn Algorithm<M>>],
+    ctx: &mut Context<'_, M>,
+) -> Result<()> {
+    for a in algorithms.iter_mut() {
+        a.on_event(event, ctx).map_err(|message| Error::Algorithm {
+            name: a.name().to_owned(),
+            event,
+            message,
+        })?;
+    }
+    Ok(())
 }
 
 fn step<M: Module>(optim: &mut ModuleOptimizer, lr: f64, model: M, grads: GradientsParams) -> M {

@@ -1,0 +1,551 @@
+//! `kiln-gpu-check`: everything kiln claims about a GPU, checked in one call.
+//!
+//! ```text
+//! kiln-gpu-check [--device cuda|cpu] [--fixtures DIR] [--out FILE] [--gpu-name NAME] [--quick]
+//! ```
+//!
+//! 1. **Parity**: the transformers fixtures of kiln-models (GPT-2 with and without
+//!    `scale_attn_by_inverse_layer_idx`, exact-GELU GPT-2, BERT MLM, MosaicBERT) run on the device
+//!    and on the CPU; logits must agree within 1e-3 (f32), and both with transformers.
+//! 2. **Training**: 20 AdamW steps of a small GPT-2 and a small MosaicBERT on the device; the
+//!    loss must fall.
+//! 3. **Throughput**: one training step (forward, loss, backward, AdamW) of a GPT-2-small-size and
+//!    a BERT-base-size model in f32 and bf16, with CubeCL's default autotuning and with it at
+//!    `minimal`: tokens/s, achieved TFLOP/s, model-FLOPs utilisation against the GPU's peak for
+//!    the dtype, and the allocator's peak reservation. Each measurement runs in a child process
+//!    (`kiln-gpu-check measure …`), because a device's default dtype can be set only once.
+//!
+//! Everything is written to one JSON file (`--out`, default `gpu-check.json`); the exit code is
+//! non-zero when a parity or training check fails. `--device cpu --quick` runs the same code on
+//! burn's flex backend with small sizes, which is how CI exercises it.
+
+#[cfg(feature = "cuda-offline")]
+mod llvm_stubs;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
+use kiln_checkpoint::Checkpoint;
+use kiln_models::LoadOptions;
+use kiln_models::bert::{BertConfig, BertForMaskedLm};
+use kiln_models::gpt2::{Gpt2Config, Gpt2LmHead};
+use serde_json::{Value, json};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const USAGE: &str = "usage: kiln-gpu-check [--device cuda|cpu] [--fixtures DIR] [--out FILE] [--gpu-name NAME] [--quick]
+       kiln-gpu-check measure --device D --model gpt2|bert --dtype f32|bf16 [--quick]
+
+  --device    cuda (default; cuda:N for another GPU) or cpu (burn's flex backend)
+  --fixtures  kiln-models' fixture directory (default: crates/kiln-models/tests/fixtures under the
+              current directory, or beside the binary)
+  --out       the JSON report (default gpu-check.json)
+  --gpu-name  the GPU's name as nvidia-smi prints it, to pick its peak FLOP/s for MFU
+  --quick     small models and batches (for the CPU)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = if args.first().map(String::as_str) == Some("measure") {
+        measure(&args[1..]).map(|v| println!("{v}"))
+    } else {
+        check(&args)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kiln-gpu-check: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn device(name: &str) -> Result<Device> {
+    Ok(kiln_models::device_from_name(name)?)
+}
+
+fn check(args: &[String]) -> Result {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let known = ["--device", "--fixtures", "--out", "--gpu-name", "--quick"];
+    let mut i = 0;
+    while i < args.len() {
+        if !known.contains(&args[i].as_str()) {
+            return Err(format!("unknown argument `{}`\n{USAGE}", args[i]).into());
+        }
+        i += if args[i] == "--quick" { 1 } else { 2 };
+    }
+    let dev_name = flag(args, "--device").unwrap_or("cuda").to_owned();
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = PathBuf::from(flag(args, "--out").unwrap_or("gpu-check.json"));
+    let dev = device(&dev_name)?;
+    let fixtures = match flag(args, "--fixtures") {
+        Some(f) => PathBuf::from(f),
+        None => default_fixtures()?,
+    };
+    let gpu_name = flag(args, "--gpu-name").map(str::to_owned);
+    let started = Instant::now();
+    let mut failures = Vec::new();
+
+    eprintln!("== parity on {dev_name} against the CPU and transformers");
+    let parity = parity(&dev, &fixtures, &mut failures)?;
+    eprintln!("== 20 training steps on {dev_name}");
+    let training = training(&dev, quick, &mut failures)?;
+    eprintln!("== training-step throughput");
+    let peaks = gpu_name.as_deref().and_then(peak_tflops);
+    let mut throughput = Vec::new();
+    let exe = std::env::current_exe()?;
+    let dtypes: &[&str] = if dev_name == "cpu" {
+        &["f32"]
+    } else {
+        &["f32", "bf16"]
+    };
+    for model in ["gpt2", "bert"] {
+        for dtype in dtypes {
+            for autotune in ["default", "minimal"] {
+                if dev_name == "cpu" && autotune == "minimal" {
+                    continue; // CubeCL autotuning does not apply to flex
+                }
+                let mut cmd = Command::new(&exe);
+                cmd.args([
+                    "measure", "--device", &dev_name, "--model", model, "--dtype", dtype,
+                ]);
+                if quick {
+                    cmd.arg("--quick");
+                }
+                if autotune == "minimal" {
+                    cmd.env("CUBECL_AUTOTUNE_LEVEL", "minimal");
+                }
+                let t = Instant::now();
+                let o = cmd.output()?;
+                let mut v: Value = if o.status.success() {
+                    serde_json::from_slice(&o.stdout)
+                        .unwrap_or_else(|e| json!({"error": format!("bad output: {e}")}))
+                } else {
+                    json!({"error": String::from_utf8_lossy(&o.stderr).lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")})
+                };
+                v["model"] = json!(model);
+                v["dtype"] = json!(dtype);
+                v["autotune"] = json!(autotune);
+                v["wall_s"] = json!(t.elapsed().as_secs_f64());
+                if let (Some((f32_peak, bf16_peak)), Some(achieved)) =
+                    (peaks, v["achieved_tflops"].as_f64())
+                {
+                    let peak = if *dtype == "bf16" {
+                        bf16_peak
+                    } else {
+                        f32_peak
+                    };
+                    v["peak_tflops"] = json!(peak);
+                    v["mfu"] = json!(achieved / peak);
+                }
+                eprintln!("   {model} {dtype} autotune {autotune}: {}", summary(&v));
+                throughput.push(v);
+            }
+        }
+    }
+    let report = json!({
+        "kiln_gpu_check": env!("CARGO_PKG_VERSION"),
+        "device": dev_name,
+        "gpu_name": gpu_name,
+        "build": if cfg!(feature = "cuda-offline") { "cuda-offline (NVRTC, LLVM stubbed)" } else if cfg!(feature = "cuda") { "cuda" } else { "cpu only" },
+        "parity": parity,
+        "training": training,
+        "throughput": throughput,
+        "failures": failures,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    kiln_checkpoint::write_atomic(&out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    eprintln!(
+        "wrote {} ({:.0} s)",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} check(s) failed: {}",
+            failures.len(),
+            failures.join("; ")
+        )
+        .into())
+    }
+}
+
+fn summary(v: &Value) -> String {
+    match v["error"].as_str() {
+        Some(e) => format!("error: {}", e.lines().last().unwrap_or(e)),
+        None => format!(
+            "{:.0} tokens/s, {:.2} TFLOP/s{}, peak {:.2} GiB",
+            v["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+            v["achieved_tflops"].as_f64().unwrap_or(f64::NAN),
+            v["mfu"]
+                .as_f64()
+                .map_or(String::new(), |m| format!(", MFU {:.1}%", 100.0 * m)),
+            v["peak_reserved_bytes"].as_f64().unwrap_or(f64::NAN) / (1u64 << 30) as f64
+        ),
+    }
+}
+
+/// Dense peak TFLOP/s (f32 without tensor cores, bf16 with), from NVIDIA's data sheets.
+fn peak_tflops(name: &str) -> Option<(f64, f64)> {
+    let n = name.to_ascii_lowercase();
+    if n.contains("h200") {
+        Some((67.0, 989.0))
+    } else if n.contains("h100") && (n.contains("pcie") || n.contains("nvl")) {
+        Some((51.0, 756.0))
+    } else if n.contains("h100") {
+        Some((67.0, 989.0))
+    } else if n.contains("a100") {
+        Some((19.5, 312.0))
+    } else {
+        None
+    }
+}
+
+fn default_fixtures() -> Result<PathBuf> {
+    let rel = Path::new("crates/kiln-models/tests/fixtures");
+    let mut candidates = vec![std::env::current_dir()?.join(rel)];
+    if let Some(dir) = std::env::current_exe()?.parent() {
+        candidates.push(dir.join("fixtures"));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.join("reference").is_dir())
+        .ok_or_else(|| "kiln-models' fixtures not found: pass --fixtures DIR".into())
+}
+
+fn ints(r: &Checkpoint, name: &str, device: &Device) -> Result<Tensor<2, Int>> {
+    let t = r.tensor(name)?;
+    let v: Vec<i64> = t
+        .data
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    let shape: [usize; 2] = t
+        .shape()
+        .try_into()
+        .map_err(|_| format!("{name} is not 2-D"))?;
+    Ok(Tensor::from_data(TensorData::new(v, shape), device))
+}
+
+fn floats(t: Tensor<3>) -> Result<Vec<f32>> {
+    Ok(t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?)
+}
+
+fn max_diff(a: &[f32], b: &[f32], mask: &[i64], vocab: usize) -> f64 {
+    a.chunks(vocab)
+        .zip(b.chunks(vocab))
+        .zip(mask)
+        .filter(|(_, m)| **m == 1)
+        .flat_map(|((x, y), _)| x.iter().zip(y).map(|(p, q)| f64::from((p - q).abs())))
+        .fold(0.0, f64::max)
+}
+
+fn parity(dev: &Device, fixtures: &Path, failures: &mut Vec<String>) -> Result<Vec<Value>> {
+    let cpu = Device::flex();
+    let mut out = Vec::new();
+    for name in [
+        "gpt2_tied",
+        "gpt2_scaled",
+        "gpt2_gelu",
+        "bert_mlm",
+        "mosaic_bert",
+    ] {
+        let r = Checkpoint::open(
+            fixtures
+                .join("reference")
+                .join(format!("{name}.safetensors")),
+        )?;
+        let dir = fixtures.join("models").join(name);
+        let want = r.tensor("logits")?.to_f32()?;
+        let run = |d: &Device| -> Result<Vec<f32>> {
+            let (ids, mask) = (ints(&r, "input_ids", d)?, ints(&r, "attention_mask", d)?);
+            if name.starts_with("gpt2") {
+                let m = Gpt2LmHead::load(&dir, d, LoadOptions::default())?;
+                floats(m.forward(ids, Some(mask), None))
+            } else {
+                let m = BertForMaskedLm::load(&dir, d, LoadOptions::default())?;
+                let tt = r
+                    .tensor("token_type_ids")
+                    .ok()
+                    .map(|_| ints(&r, "token_type_ids", d))
+                    .transpose()?;
+                floats(m.forward(ids, tt, Some(mask), name == "mosaic_bert"))
+            }
+        };
+        let (on_dev, on_cpu) = (run(dev)?, run(&cpu)?);
+        let mask: Vec<i64> = r
+            .tensor("attention_mask")?
+            .data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        let vocab = *r
+            .tensor("logits")?
+            .shape()
+            .last()
+            .ok_or("logits have no shape")?;
+        let (vs_cpu, vs_ref) = (
+            max_diff(&on_dev, &on_cpu, &mask, vocab),
+            max_diff(&on_dev, &want, &mask, vocab),
+        );
+        let pass = vs_cpu <= 1e-3 && vs_ref <= 1e-3;
+        if !pass {
+            failures.push(format!(
+                "parity {name}: device vs CPU {vs_cpu:.2e}, vs transformers {vs_ref:.2e}"
+            ));
+        }
+        eprintln!(
+            "   {name}: |device − CPU| ≤ {vs_cpu:.2e}, |device − transformers| ≤ {vs_ref:.2e} {}",
+            if pass { "ok" } else { "FAIL" }
+        );
+        out.push(json!({"fixture": name, "max_abs_diff_vs_cpu": vs_cpu, "max_abs_diff_vs_transformers": vs_ref, "pass": pass}));
+    }
+    Ok(out)
+}
+
+fn random_ids(b: usize, l: usize, vocab: usize, seed: u64, device: &Device) -> Tensor<2, Int> {
+    let v: Vec<i64> = (0..b * l)
+        .map(|i| {
+            ((i as u64 + 1)
+                .wrapping_mul(seed | 1)
+                .wrapping_mul(2_654_435_761)
+                >> 7) as i64
+                % vocab as i64
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(v, [b, l]), device)
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_data()
+        .convert::<f64>()
+        .try_to_vec::<f64>()
+        .map_or(f64::NAN, |v| v[0])
+}
+
+fn training(dev: &Device, quick: bool, failures: &mut Vec<String>) -> Result<Vec<Value>> {
+    let device = dev.clone().autodiff();
+    let (d, layers, seq, batch) = if quick {
+        (64, 2, 32, 4)
+    } else {
+        (256, 4, 128, 16)
+    };
+    let mut out = Vec::new();
+    // GPT-2: a fixed batch the model can memorise.
+    let cfg = Gpt2Config {
+        n_layer: layers,
+        n_embd: d,
+        n_head: 4,
+        n_positions: seq,
+        vocab_size: 1024,
+        ..Gpt2Config::gpt2()
+    };
+    let mut gpt = Gpt2LmHead::init(&cfg, &device)?;
+    let ids = random_ids(batch, seq, 1024, 3, &device);
+    let mut optim = AdamWConfig::new().init();
+    let mut losses = Vec::new();
+    for _ in 0..20 {
+        let loss = gpt.loss(ids.clone(), None);
+        losses.push(scalar(loss.clone()));
+        let grads = GradientsParams::from_grads(loss.backward(), &gpt);
+        gpt = optim.step(1e-3, gpt, grads);
+    }
+    out.push(record("gpt2", &losses, failures));
+    // MosaicBERT: MLM on every 7th position.
+    let cfg = BertConfig {
+        vocab_size: 1024,
+        hidden_size: d,
+        num_hidden_layers: layers,
+        num_attention_heads: 4,
+        intermediate_size: 2 * d,
+        max_position_embeddings: seq,
+        attention_probs_dropout_prob: 0.0,
+        alibi_starting_size: Some(seq),
+        ..BertConfig::bert_base()
+    };
+    let mut bert = BertForMaskedLm::init(&cfg, &device)?;
+    let ids = random_ids(batch, seq, 1024, 5, &device);
+    let flat: Vec<i64> = ids
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .map_err(|e| format!("{e:?}"))?;
+    let labels: Vec<i64> = flat
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| if i % 7 == 3 { t } else { -100 })
+        .collect();
+    let masked: Vec<i64> = flat
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| if i % 7 == 3 { 4 } else { t })
+        .collect();
+    let (inp, lab) = (
+        Tensor::<2, Int>::from_data(TensorData::new(masked, [batch, seq]), &device),
+        Tensor::<2, Int>::from_data(TensorData::new(labels, [batch, seq]), &device),
+    );
+    let mut optim = AdamWConfig::new().init();
+    let mut losses = Vec::new();
+    for _ in 0..20 {
+        let loss = bert.loss(inp.clone(), None, None, lab.clone(), false, true);
+        losses.push(scalar(loss.clone()));
+        let grads = GradientsParams::from_grads(loss.backward(), &bert);
+        bert = optim.step(1e-3, bert, grads);
+    }
+    out.push(record("mosaic_bert", &losses, failures));
+    Ok(out)
+}
+
+fn record(model: &str, losses: &[f64], failures: &mut Vec<String>) -> Value {
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    let pass = last.is_finite() && last < 0.9 * first;
+    if !pass {
+        failures.push(format!(
+            "training {model}: loss {first:.4} → {last:.4} did not fall by 10%"
+        ));
+    }
+    eprintln!(
+        "   {model}: loss {first:.4} → {last:.4} {}",
+        if pass { "ok" } else { "FAIL" }
+    );
+    json!({"model": model, "steps": losses.len(), "losses": losses, "pass": pass})
+}
+
+/// One throughput measurement (a child process): prints one JSON object.
+fn measure(args: &[String]) -> Result<Value> {
+    let dev_name = flag(args, "--device").ok_or("measure needs --device")?;
+    let model = flag(args, "--model").ok_or("measure needs --model")?;
+    let dtype = flag(args, "--dtype").unwrap_or("f32");
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut base = device(dev_name)?;
+    if dtype == "bf16" {
+        base.configure(FloatDType::BF16)
+            .map_err(|e| format!("bf16 on {dev_name}: {e:?}"))?;
+    } else if dtype != "f32" {
+        return Err(format!("dtype `{dtype}`: f32 or bf16").into());
+    }
+    let device = base.clone().autodiff();
+    let (warmup, reps) = if quick { (1, 3) } else { (3, 10) };
+    let mut optim = AdamWConfig::new().init();
+    let (b, l, params, flops_per_token);
+    let mut step: Box<dyn FnMut() -> f64> = match model {
+        "gpt2" => {
+            let cfg = if quick {
+                Gpt2Config {
+                    n_layer: 2,
+                    n_embd: 128,
+                    n_head: 4,
+                    n_positions: 128,
+                    vocab_size: 4096,
+                    attn_pdrop: 0.0,
+                    resid_pdrop: 0.0,
+                    embd_pdrop: 0.0,
+                    ..Gpt2Config::gpt2()
+                }
+            } else {
+                Gpt2Config {
+                    attn_pdrop: 0.0,
+                    resid_pdrop: 0.0,
+                    embd_pdrop: 0.0,
+                    ..Gpt2Config::gpt2()
+                }
+            };
+            (b, l) = if quick { (2, 128) } else { (8, 1024) };
+            params = cfg.num_params();
+            flops_per_token = cfg.flops_per_token(l);
+            let mut m = Gpt2LmHead::init(&cfg, &device)?;
+            let ids = random_ids(b, l, cfg.vocab_size, 7, &device);
+            Box::new(move || {
+                let loss = m.loss(ids.clone(), None);
+                let grads = GradientsParams::from_grads(loss.clone().backward(), &m);
+                m = optim.step(1e-4, m.clone(), grads);
+                scalar(loss)
+            })
+        }
+        "bert" => {
+            let cfg = if quick {
+                BertConfig {
+                    vocab_size: 4096,
+                    hidden_size: 128,
+                    num_hidden_layers: 2,
+                    num_attention_heads: 4,
+                    intermediate_size: 512,
+                    max_position_embeddings: 128,
+                    ..BertConfig::bert_base()
+                }
+            } else {
+                BertConfig::bert_base()
+            };
+            (b, l) = if quick { (4, 128) } else { (32, 128) };
+            params = cfg.num_params();
+            flops_per_token = cfg.flops_per_token(l);
+            let mut m = BertForMaskedLm::init(&cfg, &device)?;
+            let ids = random_ids(b, l, cfg.vocab_size, 11, &device);
+            let flat: Vec<i64> = ids
+                .clone()
+                .into_data()
+                .convert::<i64>()
+                .try_to_vec::<i64>()
+                .map_err(|e| format!("{e:?}"))?;
+            let labels = Tensor::<2, Int>::from_data(
+                TensorData::new(
+                    flat.iter()
+                        .enumerate()
+                        .map(|(i, &t)| if i % 7 == 3 { t } else { -100 })
+                        .collect::<Vec<i64>>(),
+                    [b, l],
+                ),
+                &device,
+            );
+            Box::new(move || {
+                let loss = m.loss(ids.clone(), None, None, labels.clone(), false, false);
+                let grads = GradientsParams::from_grads(loss.clone().backward(), &m);
+                m = optim.step(1e-4, m.clone(), grads);
+                scalar(loss)
+            })
+        }
+        other => return Err(format!("model `{other}`: gpt2 or bert").into()),
+    };
+    let mut peak = 0u64;
+    let mut times = Vec::new();
+    let mut last_loss = f64::NAN;
+    for i in 0..warmup + reps {
+        let t = Instant::now();
+        last_loss = step(); // reading the loss synchronises the device
+        base.sync().map_err(|e| format!("sync: {e:?}"))?;
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+        if let Some(u) = base.memory_pool_usage() {
+            peak = peak.max(u.bytes_reserved);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let tokens = (b * l) as f64;
+    // Training FLOPs: forward + backward = 3 × forward (Kaplan et al.).
+    let flops = 3.0 * flops_per_token * tokens;
+    Ok(json!({
+        "params": params, "batch": b, "seq_len": l, "step_s": median, "tokens_per_s": tokens / median,
+        "train_flops_per_step": flops, "achieved_tflops": flops / median / 1e12,
+        "peak_reserved_bytes": (peak > 0).then_some(peak), "final_loss": last_loss,
+    }))
+}

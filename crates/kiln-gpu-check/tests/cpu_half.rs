@@ -1,0 +1,54 @@
+//! The CPU half of the GPU check: the same binary with `--device cpu --quick` passes its parity
+//! and training checks and writes a complete report.
+
+use std::process::Command;
+
+#[test]
+fn cpu_run_passes_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report.json");
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../kiln-models/tests/fixtures");
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln-gpu-check"))
+        .args([
+            "--device",
+            "cpu",
+            "--quick",
+            "--fixtures",
+            fixtures,
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(r["parity"].as_array().unwrap().len(), 5);
+    assert!(
+        r["parity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["pass"] == true)
+    );
+    assert!(
+        r["training"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["pass"] == true)
+    );
+    let tp = r["throughput"].as_array().unwrap();
+    assert_eq!(tp.len(), 2, "gpt2 and bert in f32 on the CPU");
+    assert!(
+        tp.iter().all(|t| t["tokens_per_s"].as_f64().unwrap() > 0.0),
+        "{tp:?}"
+    );
+    assert!(r["failures"].as_array().unwrap().is_empty());
+    // Bad arguments are errors, not panics.
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln-gpu-check"))
+        .args(["--device", "tpu"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tpu"));
+}
