@@ -40,7 +40,7 @@ commands:
   repro scaling [--quick] [--out DIR]
                                     recompute the worked examples, demand sweep and fits of Sardana et al.
                                     (ICML 2024) into DIR (default docs/reproductions): scaling.md + scaling-sweep.svg
-  repro masking [--quick] [--out DIR]
+  repro masking [--quick] [--out DIR] [--device cpu|cuda[:N]] [--steps N] [--finetune-steps N] [--seeds A,B,C]
                                     pretrain a small MosaicBERT-style encoder on the built-in corpus with
                                     constant 15%, constant 30% and linear 30%->15% masking (3 seeds; --quick:
                                     1 seed, 120 steps), evaluate MLM loss at 15% and an acceptability probe

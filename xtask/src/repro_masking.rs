@@ -136,7 +136,7 @@ struct RunResult {
 pub(crate) fn command(args: &[&str]) -> Result {
     let mut quick = false;
     let mut out = root().join("docs/reproductions");
-    let (mut steps, mut seeds, mut finetune) = (None, None, None);
+    let (mut steps, mut seeds, mut finetune, mut device) = (None, None, None, None);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| {
@@ -147,12 +147,18 @@ pub(crate) fn command(args: &[&str]) -> Result {
         match *arg {
             "--quick" => quick = true,
             "--out" => out = PathBuf::from(value("--out")?),
+            "--device" => device = Some(value("--device")?.to_owned()),
             "--steps" => steps = Some(value("--steps")?.parse::<u64>().map_err(|e| format!("--steps: {e}"))?),
             "--finetune-steps" => finetune = Some(value("--finetune-steps")?.parse::<u64>().map_err(|e| format!("--finetune-steps: {e}"))?),
             "--seeds" => seeds = Some(value("--seeds")?.split(',').map(|s| s.trim().parse::<u64>()).collect::<std::result::Result<Vec<_>, _>>().map_err(|e| format!("--seeds: {e}"))?),
-            other => return Err(format!("unknown argument `{other}` (expected --quick, --out DIR, --steps N, --finetune-steps N, --seeds A,B,C)").into()),
+            other => return Err(format!("unknown argument `{other}` (expected --quick, --out DIR, --steps N, --finetune-steps N, --seeds A,B,C, --device cpu|cuda[:N])").into()),
         }
     }
+    // --device, else KILN_DEVICE, else the CPU (burn's flex backend).
+    let device = match device {
+        Some(name) => kiln_train::device_from_name(&name)?,
+        None => kiln_train::device_from_env()?,
+    };
     let mut setup = Setup::new(quick);
     setup.pretrain_steps = steps.unwrap_or(setup.pretrain_steps);
     setup.finetune_steps = finetune.unwrap_or(setup.finetune_steps);
@@ -164,7 +170,7 @@ pub(crate) fn command(args: &[&str]) -> Result {
         if std::mem::take(&mut skip) {
             continue;
         }
-        if *a == "--out" {
+        if *a == "--out" || *a == "--device" {
             skip = true;
         } else {
             shown.push(*a);
@@ -175,7 +181,7 @@ pub(crate) fn command(args: &[&str]) -> Result {
         return Err("give at least one seed, 10 pretraining steps and 1 fine-tuning step".into());
     }
     let work = std::env::temp_dir().join(format!("kiln-repro-masking-{}", std::process::id()));
-    let result = run_all(&setup, &work);
+    let result = run_all(&setup, &work, &device);
     let _ = std::fs::remove_dir_all(&work);
     let results = result?;
     check_learned(&setup, &results)?;
@@ -265,14 +271,14 @@ fn prepare(setup: &Setup, work: &Path) -> Result<Data> {
     })
 }
 
-fn run_all(setup: &Setup, work: &Path) -> Result<Vec<RunResult>> {
+fn run_all(setup: &Setup, work: &Path, device: &Device) -> Result<Vec<RunResult>> {
     std::fs::create_dir_all(work)?;
     let data = prepare(setup, work)?;
     let mut results = Vec::new();
     for &seed in &setup.seeds {
         for (name, schedule) in schedules() {
             eprintln!("== {name}, seed {seed}");
-            results.push(run_one(setup, &data, work, name, &schedule, seed)?);
+            results.push(run_one(setup, &data, work, name, &schedule, seed, device)?);
         }
     }
     Ok(results)
@@ -285,8 +291,9 @@ fn run_one(
     name: &'static str,
     schedule: &MaskingSchedule,
     seed: u64,
+    device: &Device,
 ) -> Result<RunResult> {
-    let device = Device::flex().autodiff();
+    let device = device.clone().autodiff();
     let ids = data.tokenizer.special_ids();
     let packing = Packing {
         seq_len: setup.seq_len,

@@ -2,7 +2,7 @@
 //!
 //! Each sequence's domain is drawn from the schedule's proportions at the current step, with a
 //! random number that depends only on `(seed, step, slot)`; each domain is a
-//! [`SequenceStream`](crate::packing::SequenceStream). So the whole state is the per-domain
+//! [`SequenceStream`]. So the whole state is the per-domain
 //! positions and counters ([`MixtureState`]), which a checkpoint saves.
 
 use std::collections::BTreeMap;

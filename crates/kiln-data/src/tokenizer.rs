@@ -502,6 +502,41 @@ mod tests {
     }
 
     #[test]
+    fn trains_from_text_and_jsonl_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (txt, jsonl) = (dir.path().join("prose.txt"), dir.path().join("code.jsonl"));
+        std::fs::write(&txt, documents(Domain::Prose, 0, 0, 50).join("\n")).unwrap();
+        let lines: Vec<String> = documents(Domain::Code, 0, 0, 50)
+            .iter()
+            .map(|d| serde_json::json!({ "text": d }).to_string())
+            .collect();
+        std::fs::write(&jsonl, lines.join("\n")).unwrap();
+        let tok = Tokenizer::train_from_files(
+            TokenizerKind::WordPiece,
+            &[txt.clone(), jsonl.clone()],
+            400,
+            1,
+        )
+        .unwrap();
+        let unk = tok.special_ids().unk.unwrap();
+        for text in [
+            documents(Domain::Prose, 0, 0, 1).remove(0),
+            documents(Domain::Code, 0, 0, 1).remove(0),
+        ] {
+            assert!(!tok.encode(&text, false).unwrap().contains(&unk), "{text}");
+        }
+        let err = Tokenizer::train_from_files(
+            TokenizerKind::Bpe,
+            &[dir.path().join("missing.txt")],
+            400,
+            1,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("missing.txt"), "{err}");
+    }
+
+    #[test]
     fn bad_requests_are_errors() {
         let err = Tokenizer::train(TokenizerKind::Bpe, ["a"].into_iter(), 100, 1)
             .unwrap_err()

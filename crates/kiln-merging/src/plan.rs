@@ -78,7 +78,7 @@ pub struct TensorPlan {
     pub action: Action,
     /// Depth `t ∈ [0, 1]` used for interpolated parameters.
     pub depth: f64,
-    /// For each model (in [`MergePlan::inputs`] order), its number of rows if it differs from
+    /// For each model (in [`MergePlan::models`] order), its number of rows if it differs from
     /// the reference (the `base_rows` policy).
     pub rows: Vec<Option<usize>>,
 }

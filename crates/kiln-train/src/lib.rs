@@ -44,7 +44,8 @@
 //!
 //! # What a run writes
 //! - `metrics.jsonl`: one line per step (`split: "train"`: loss, lr, grad_norm, samples, tokens,
-//!   throughput, and whatever algorithms add) and per evaluation (`split: "eval"`).
+//!   throughput, the task's own metrics such as `masking_rate` and `tokens/<domain>`, and
+//!   whatever algorithms add) and per evaluation (`split: "eval"`).
 //! - `checkpoints/step-<N>/` every `save_interval` and at the end: `model.bpk`, `optimizer.bpk`
 //!   (burnpack), `state.json` (trainer state, data position, algorithm states) and a manifest
 //!   of sizes and hashes. Directories are committed atomically; the newest `keep_last_n` are

@@ -208,6 +208,15 @@ impl TrainTask<BertForMaskedLm> for MlmTask {
         ]))
     }
 
+    fn metrics(&self) -> BTreeMap<String, f64> {
+        let mut m = BTreeMap::from([("masking_rate".to_owned(), self.last_rate)]);
+        for (name, s) in self.sampler.stats() {
+            m.insert(format!("tokens/{name}"), s.tokens as f64);
+            m.insert(format!("epochs/{name}"), s.epochs);
+        }
+        m
+    }
+
     fn epoch(&self) -> f64 {
         // The largest repetition among the domains.
         self.sampler

@@ -132,6 +132,11 @@ pub trait TrainTask<M: Module> {
         0.0
     }
 
+    /// Extra metrics for the step's log line (e.g. the masking rate, tokens per domain).
+    fn metrics(&self) -> BTreeMap<String, f64> {
+        BTreeMap::new()
+    }
+
     /// The data position to checkpoint.
     fn data_state(&self) -> Value;
 
@@ -509,7 +514,7 @@ impl Trainer {
                 "samples": state.samples, "tokens": state.tokens, "epoch": state.epoch,
                 "tokens_per_s": size.tokens as f64 / secs, "samples_per_s": size.samples as f64 / secs,
             });
-            for (k, v) in &metrics {
+            for (k, v) in task.metrics().iter().chain(&metrics) {
                 line[k] = serde_json::json!(v);
             }
             log.write(&line)?;

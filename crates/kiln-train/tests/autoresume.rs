@@ -235,6 +235,21 @@ fn main() {
             .collect::<Vec<_>>(),
         [5, 10, 15, 16]
     );
+    // The task's own metrics are logged: masking rate and tokens per domain, so the comparison
+    // below also checks that the data position is restored exactly.
+    let last_train = want.iter().rfind(|l| l["split"] == "train").unwrap();
+    assert!(
+        last_train["masking_rate"].as_f64().unwrap() > 0.0,
+        "{last_train}"
+    );
+    assert!(
+        last_train
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.starts_with("tokens/")),
+        "{last_train}"
+    );
 
     // The same run, killed after its step-8 checkpoint and a few more steps.
     let killed = tmp.path().join("killed");
