@@ -1,7 +1,7 @@
 //! `kiln-gpu-check`: everything kiln claims about a GPU, checked in one call.
 //!
 //! ```text
-//! kiln-gpu-check [--device cuda|cpu] [--fixtures DIR] [--out FILE] [--gpu-name NAME] [--quick]
+//! kiln-gpu-check [--device cuda|cpu] [--fixtures DIR] [--out FILE] [--gpu-name NAME] [--budget-s S] [--quick]
 //! ```
 //!
 //! 1. **Parity**: the transformers fixtures of kiln-models (GPT-2 with and without
@@ -15,7 +15,10 @@
 //!    the dtype, and the allocator's peak reservation. Each measurement runs in a child process
 //!    (`kiln-gpu-check measure …`), because a device's default dtype can be set only once.
 //!
-//! Everything is written to one JSON file (`--out`, default `gpu-check.json`); the exit code is
+//! Everything is written to one JSON file (`--out`, default `gpu-check.json`), rewritten after each
+//! stage so that a run cut short still leaves what it measured. A panic in a stage is recorded as
+//! that stage's failure; each throughput child gets an equal share of what is left of `--budget-s`
+//! (default 420 s) and is killed, and reported as timed out, when it overruns. The exit code is
 //! non-zero when a parity or training check fails. `--device cpu --quick` runs the same code on
 //! burn's flex backend with small sizes, which is how CI exercises it.
 
@@ -36,7 +39,7 @@ use serde_json::{Value, json};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-const USAGE: &str = "usage: kiln-gpu-check [--device cuda|cpu] [--fixtures DIR] [--out FILE] [--gpu-name NAME] [--quick]
+const USAGE: &str = "usage: kiln-gpu-check [--device cuda|cpu] [--fixtures DIR] [--out FILE] [--gpu-name NAME] [--budget-s S] [--quick]
        kiln-gpu-check measure --device D --model gpt2|bert --dtype f32|bf16 [--quick]
 
   --device    cuda (default; cuda:N for another GPU) or cpu (burn's flex backend)
@@ -44,6 +47,8 @@ const USAGE: &str = "usage: kiln-gpu-check [--device cuda|cpu] [--fixtures DIR] 
               current directory, or beside the binary)
   --out       the JSON report (default gpu-check.json)
   --gpu-name  the GPU's name as nvidia-smi prints it, to pick its peak FLOP/s for MFU
+  --budget-s  seconds for the whole check (default 420); the throughput children share what the
+              parity and training stages leave, and one that overruns its share is killed
   --quick     small models and batches (for the CPU)";
 
 fn main() -> ExitCode {
@@ -78,7 +83,14 @@ fn check(args: &[String]) -> Result {
         println!("{USAGE}");
         return Ok(());
     }
-    let known = ["--device", "--fixtures", "--out", "--gpu-name", "--quick"];
+    let known = [
+        "--device",
+        "--fixtures",
+        "--out",
+        "--gpu-name",
+        "--budget-s",
+        "--quick",
+    ];
     let mut i = 0;
     while i < args.len() {
         if !known.contains(&args[i].as_str()) {
@@ -89,6 +101,12 @@ fn check(args: &[String]) -> Result {
     let dev_name = flag(args, "--device").unwrap_or("cuda").to_owned();
     let quick = args.iter().any(|a| a == "--quick");
     let out = PathBuf::from(flag(args, "--out").unwrap_or("gpu-check.json"));
+    let budget = match flag(args, "--budget-s") {
+        Some(b) => b.parse::<f64>().ok().filter(|b| *b > 0.0).ok_or_else(|| {
+            format!("--budget-s: expected a positive number of seconds, got `{b}`")
+        })?,
+        None => 420.0,
+    };
     let dev = device(&dev_name)?;
     let fixtures = match flag(args, "--fixtures") {
         Some(f) => PathBuf::from(f),
@@ -97,76 +115,79 @@ fn check(args: &[String]) -> Result {
     let gpu_name = flag(args, "--gpu-name").map(str::to_owned);
     let started = Instant::now();
     let mut failures = Vec::new();
+    let mut report = json!({
+        "kiln_gpu_check": env!("CARGO_PKG_VERSION"),
+        "device": dev_name,
+        "gpu_name": gpu_name,
+        "build": if cfg!(feature = "cuda-offline") { "cuda-offline (NVRTC, LLVM stubbed)" } else if cfg!(feature = "cuda") { "cuda" } else { "cpu only" },
+        "complete": false,
+    });
 
     eprintln!("== parity on {dev_name} against the CPU and transformers");
-    let parity = parity(&dev, &fixtures, &mut failures)?;
+    report["parity"] = stage("parity", &mut failures, |f| {
+        parity(&dev, &fixtures, f).map(Value::from)
+    });
+    save(&out, &mut report, &failures, started)?;
     eprintln!("== 20 training steps on {dev_name}");
-    let training = training(&dev, quick, &mut failures)?;
+    report["training"] = stage("training", &mut failures, |f| {
+        training(&dev, quick, f).map(Value::from)
+    });
+    save(&out, &mut report, &failures, started)?;
     eprintln!("== training-step throughput");
     let peaks = gpu_name.as_deref().and_then(peak_tflops);
-    let mut throughput = Vec::new();
     let exe = std::env::current_exe()?;
     let dtypes: &[&str] = if dev_name == "cpu" {
         &["f32"]
     } else {
         &["f32", "bf16"]
     };
+    let mut runs = Vec::new();
     for model in ["gpt2", "bert"] {
         for dtype in dtypes {
             for autotune in ["default", "minimal"] {
                 if dev_name == "cpu" && autotune == "minimal" {
                     continue; // CubeCL autotuning does not apply to flex
                 }
-                let mut cmd = Command::new(&exe);
-                cmd.args([
-                    "measure", "--device", &dev_name, "--model", model, "--dtype", dtype,
-                ]);
-                if quick {
-                    cmd.arg("--quick");
-                }
-                if autotune == "minimal" {
-                    cmd.env("CUBECL_AUTOTUNE_LEVEL", "minimal");
-                }
-                let t = Instant::now();
-                let o = cmd.output()?;
-                let mut v: Value = if o.status.success() {
-                    serde_json::from_slice(&o.stdout)
-                        .unwrap_or_else(|e| json!({"error": format!("bad output: {e}")}))
-                } else {
-                    json!({"error": String::from_utf8_lossy(&o.stderr).lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")})
-                };
-                v["model"] = json!(model);
-                v["dtype"] = json!(dtype);
-                v["autotune"] = json!(autotune);
-                v["wall_s"] = json!(t.elapsed().as_secs_f64());
-                if let (Some((f32_peak, bf16_peak)), Some(achieved)) =
-                    (peaks, v["achieved_tflops"].as_f64())
-                {
-                    let peak = if *dtype == "bf16" {
-                        bf16_peak
-                    } else {
-                        f32_peak
-                    };
-                    v["peak_tflops"] = json!(peak);
-                    v["mfu"] = json!(achieved / peak);
-                }
-                eprintln!("   {model} {dtype} autotune {autotune}: {}", summary(&v));
-                throughput.push(v);
+                runs.push((model, *dtype, autotune));
             }
         }
     }
-    let report = json!({
-        "kiln_gpu_check": env!("CARGO_PKG_VERSION"),
-        "device": dev_name,
-        "gpu_name": gpu_name,
-        "build": if cfg!(feature = "cuda-offline") { "cuda-offline (NVRTC, LLVM stubbed)" } else if cfg!(feature = "cuda") { "cuda" } else { "cpu only" },
-        "parity": parity,
-        "training": training,
-        "throughput": throughput,
-        "failures": failures,
-        "seconds": started.elapsed().as_secs_f64(),
-    });
-    kiln_checkpoint::write_atomic(&out, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    let scratch = tempfile::tempdir()?;
+    report["throughput"] = json!([]);
+    for (i, &(model, dtype, autotune)) in runs.iter().enumerate() {
+        let left = budget - started.elapsed().as_secs_f64();
+        let share = (left / (runs.len() - i) as f64).max(5.0);
+        let mut cmd = Command::new(&exe);
+        cmd.args([
+            "measure", "--device", &dev_name, "--model", model, "--dtype", dtype,
+        ]);
+        if quick {
+            cmd.arg("--quick");
+        }
+        if autotune == "minimal" {
+            cmd.env("CUBECL_AUTOTUNE_LEVEL", "minimal");
+        }
+        let t = Instant::now();
+        let mut v = run_child(cmd, scratch.path(), share)?;
+        v["model"] = json!(model);
+        v["dtype"] = json!(dtype);
+        v["autotune"] = json!(autotune);
+        v["wall_s"] = json!(t.elapsed().as_secs_f64());
+        if let (Some((f32_peak, bf16_peak)), Some(achieved)) =
+            (peaks, v["achieved_tflops"].as_f64())
+        {
+            let peak = if dtype == "bf16" { bf16_peak } else { f32_peak };
+            v["peak_tflops"] = json!(peak);
+            v["mfu"] = json!(achieved / peak);
+        }
+        eprintln!("   {model} {dtype} autotune {autotune}: {}", summary(&v));
+        if let Some(list) = report["throughput"].as_array_mut() {
+            list.push(v);
+        }
+        save(&out, &mut report, &failures, started)?;
+    }
+    report["complete"] = json!(true);
+    save(&out, &mut report, &failures, started)?;
     eprintln!(
         "wrote {} ({:.0} s)",
         out.display(),
@@ -182,6 +203,74 @@ fn check(args: &[String]) -> Result {
         )
         .into())
     }
+}
+
+/// Runs one stage, turning an error or a panic into a recorded failure.
+fn stage(
+    name: &str,
+    failures: &mut Vec<String>,
+    f: impl FnOnce(&mut Vec<String>) -> Result<Value>,
+) -> Value {
+    let mut inner = Vec::new();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut inner)));
+    failures.append(&mut inner);
+    let message = match outcome {
+        Ok(Ok(v)) => return v,
+        Ok(Err(e)) => e.to_string(),
+        Err(panic) => panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "panicked".to_owned()),
+    };
+    eprintln!("   {name} failed: {message}");
+    failures.push(format!("{name}: {message}"));
+    json!({"error": message})
+}
+
+/// Writes the report as it stands (atomically).
+fn save(out: &Path, report: &mut Value, failures: &[String], started: Instant) -> Result {
+    report["failures"] = json!(failures);
+    report["seconds"] = json!(started.elapsed().as_secs_f64());
+    kiln_checkpoint::write_atomic(out, serde_json::to_string_pretty(report)?.as_bytes())?;
+    Ok(())
+}
+
+/// Runs a `measure` child with its output in files, killing it after `limit_s` seconds.
+fn run_child(mut cmd: Command, scratch: &Path, limit_s: f64) -> Result<Value> {
+    let stdout_path = scratch.join("stdout");
+    let stderr_path = scratch.join("stderr");
+    cmd.stdout(std::fs::File::create(&stdout_path)?)
+        .stderr(std::fs::File::create(&stderr_path)?);
+    let mut child = cmd.spawn()?;
+    let t = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if t.elapsed().as_secs_f64() > limit_s {
+            child.kill()?;
+            child.wait()?;
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let tail = || {
+        let lines: Vec<&str> = stderr.lines().collect();
+        lines[lines.len().saturating_sub(12)..].join("\n")
+    };
+    Ok(match status {
+        None => {
+            json!({"error": format!("timed out after {limit_s:.0} s (its share of --budget-s)"), "stderr": tail()})
+        }
+        Some(s) if s.success() => {
+            let stdout = std::fs::read(&stdout_path)?;
+            serde_json::from_slice(&stdout)
+                .unwrap_or_else(|e| json!({"error": format!("bad output: {e}")}))
+        }
+        Some(s) => json!({"error": format!("exited with {s}: {}", tail())}),
+    })
 }
 
 fn summary(v: &Value) -> String {

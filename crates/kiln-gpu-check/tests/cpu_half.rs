@@ -44,6 +44,7 @@ fn cpu_run_passes_and_reports() {
         "{tp:?}"
     );
     assert!(r["failures"].as_array().unwrap().is_empty());
+    assert_eq!(r["complete"], true);
     // Bad arguments are errors, not panics.
     let o = Command::new(env!("CARGO_BIN_EXE_kiln-gpu-check"))
         .args(["--device", "tpu"])
@@ -51,4 +52,10 @@ fn cpu_run_passes_and_reports() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("tpu"));
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln-gpu-check"))
+        .args(["--device", "cpu", "--budget-s", "soon"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--budget-s"));
 }
