@@ -275,7 +275,18 @@ fn run_child(mut cmd: Command, scratch: &Path, limit_s: f64) -> Result<Value> {
 
 fn summary(v: &Value) -> String {
     match v["error"].as_str() {
-        Some(e) => format!("error: {}", e.lines().last().unwrap_or(e)),
+        // A child's panic message is the line after the first "panicked at"; else the last line.
+        Some(e) => {
+            let lines: Vec<&str> = e.lines().collect();
+            let message = lines
+                .iter()
+                .position(|l| l.contains("panicked at"))
+                .and_then(|i| lines.get(i + 1))
+                .or(lines.last())
+                .copied()
+                .unwrap_or(e);
+            format!("error: {message}")
+        }
         None => format!(
             "{:.0} tokens/s, {:.2} TFLOP/s{}, peak {:.2} GiB",
             v["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
