@@ -1,7 +1,7 @@
 //! `kiln-gpu-check`: everything kiln claims about a GPU, checked in one call.
 //!
 //! ```text
-//! kiln-gpu-check [--device cuda|cpu] [--fixtures DIR] [--out FILE] [--gpu-name NAME] [--budget-s S] [--quick]
+//! kiln-gpu-check [--device cuda|cpu] [--fixtures DIR] [--out FILE] [--gpu-name NAME] [--budget-s S] [--parity NAMES] [--runs LIST] [--quick]
 //! ```
 //!
 //! 1. **Parity**: the transformers fixtures of kiln-models (GPT-2 with and without
@@ -39,7 +39,7 @@ use serde_json::{Value, json};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-const USAGE: &str = "usage: kiln-gpu-check [--device cuda|cpu] [--fixtures DIR] [--out FILE] [--gpu-name NAME] [--budget-s S] [--quick]
+const USAGE: &str = "usage: kiln-gpu-check [--device cuda|cpu] [--fixtures DIR] [--out FILE] [--gpu-name NAME] [--budget-s S] [--parity NAMES] [--runs LIST] [--quick]
        kiln-gpu-check measure --device D --model gpt2|bert --dtype f32|bf16 [--quick]
 
   --device    cuda (default; cuda:N for another GPU) or cpu (burn's flex backend)
@@ -49,6 +49,10 @@ const USAGE: &str = "usage: kiln-gpu-check [--device cuda|cpu] [--fixtures DIR] 
   --gpu-name  the GPU's name as nvidia-smi prints it, to pick its peak FLOP/s for MFU
   --budget-s  seconds for the whole check (default 420); the throughput children share what the
               parity and training stages leave, and one that overruns its share is killed
+  --parity    fixtures to compare (comma-separated; default all: gpt2_tied, gpt2_scaled,
+              gpt2_gelu, bert_mlm, mosaic_bert)
+  --runs      throughput runs as MODEL:DTYPE:AUTOTUNE, comma-separated (default all eight:
+              gpt2|bert × f32|bf16 × default|minimal)
   --quick     small models and batches (for the CPU)";
 
 fn main() -> ExitCode {
@@ -89,6 +93,8 @@ fn check(args: &[String]) -> Result {
         "--out",
         "--gpu-name",
         "--budget-s",
+        "--parity",
+        "--runs",
         "--quick",
     ];
     let mut i = 0;
@@ -107,6 +113,32 @@ fn check(args: &[String]) -> Result {
         })?,
         None => 420.0,
     };
+    let names: Vec<String> = match flag(args, "--parity") {
+        Some(list) => list.split(',').map(|s| s.trim().to_owned()).collect(),
+        None => FIXTURES.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    if let Some(bad) = names.iter().find(|n| !FIXTURES.contains(&n.as_str())) {
+        return Err(format!(
+            "--parity: unknown fixture `{bad}` (known: {})",
+            FIXTURES.join(", ")
+        )
+        .into());
+    }
+    let selected: Option<Vec<(String, String, String)>> = flag(args, "--runs")
+        .map(|list| {
+            list.split(',')
+                .map(|r| {
+                    let parts: Vec<&str> = r.trim().split(':').collect();
+                    match parts[..] {
+                        [m @ ("gpt2" | "bert"), d @ ("f32" | "bf16"), a @ ("default" | "minimal")] => {
+                            Ok((m.to_owned(), d.to_owned(), a.to_owned()))
+                        }
+                        _ => Err(format!("--runs: `{r}` is not MODEL:DTYPE:AUTOTUNE with MODEL gpt2|bert, DTYPE f32|bf16, AUTOTUNE default|minimal")),
+                    }
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+        })
+        .transpose()?;
     let dev = device(&dev_name)?;
     let fixtures = match flag(args, "--fixtures") {
         Some(f) => PathBuf::from(f),
@@ -125,7 +157,7 @@ fn check(args: &[String]) -> Result {
 
     eprintln!("== parity on {dev_name} against the CPU and transformers");
     report["parity"] = stage("parity", &mut failures, |f| {
-        parity(&dev, &fixtures, f).map(Value::from)
+        parity(&dev, &fixtures, &names, f).map(Value::from)
     });
     save(&out, &mut report, &failures, started)?;
     eprintln!("== 20 training steps on {dev_name}");
@@ -148,7 +180,13 @@ fn check(args: &[String]) -> Result {
                 if dev_name == "cpu" && autotune == "minimal" {
                     continue; // CubeCL autotuning does not apply to flex
                 }
-                runs.push((model, *dtype, autotune));
+                let wanted = selected.as_ref().is_none_or(|sel| {
+                    sel.iter()
+                        .any(|(m, d, a)| m == model && d == dtype && a == autotune)
+                });
+                if wanted {
+                    runs.push((model, *dtype, autotune));
+                }
             }
         }
     }
@@ -164,9 +202,14 @@ fn check(args: &[String]) -> Result {
         if quick {
             cmd.arg("--quick");
         }
-        if autotune == "minimal" {
-            cmd.env("CUBECL_AUTOTUNE_LEVEL", "minimal");
-        }
+        // Explicit either way, so that a CUBECL_AUTOTUNE_LEVEL in the caller's environment does
+        // not leak into the "default" (balanced) measurement.
+        let level = if autotune == "minimal" {
+            "minimal"
+        } else {
+            "balanced"
+        };
+        cmd.env("CUBECL_AUTOTUNE_LEVEL", level);
         let t = Instant::now();
         let mut v = run_child(cmd, scratch.path(), share)?;
         v["model"] = json!(model);
@@ -357,16 +400,23 @@ fn max_diff(a: &[f32], b: &[f32], mask: &[i64], vocab: usize) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn parity(dev: &Device, fixtures: &Path, failures: &mut Vec<String>) -> Result<Vec<Value>> {
+const FIXTURES: [&str; 5] = [
+    "gpt2_tied",
+    "gpt2_scaled",
+    "gpt2_gelu",
+    "bert_mlm",
+    "mosaic_bert",
+];
+
+fn parity(
+    dev: &Device,
+    fixtures: &Path,
+    names: &[String],
+    failures: &mut Vec<String>,
+) -> Result<Vec<Value>> {
     let cpu = Device::flex();
     let mut out = Vec::new();
-    for name in [
-        "gpt2_tied",
-        "gpt2_scaled",
-        "gpt2_gelu",
-        "bert_mlm",
-        "mosaic_bert",
-    ] {
+    for name in names.iter().map(String::as_str) {
         let r = Checkpoint::open(
             fixtures
                 .join("reference")

@@ -63,8 +63,11 @@ impl Activation {
 ///
 /// `key_padding` is `[B, Lk]` with `true` at keys to ignore; `bias` is added to the scaled
 /// scores (ALiBi). Through [`burn::tensor::module::attention`] (fused where the backend can),
-/// except while training with attention-probability dropout, which that op does not support:
-/// then the scores are materialised and dropped out explicitly.
+/// except (1) while training with attention-probability dropout, which that op does not
+/// support, and (2) with a bias on a backend other than flex: burn 0.22.1's CubeCL backends
+/// (CUDA, ROCm, wgpu) run that op as flash-attention kernels that ignore `attn_bias`
+/// (`burn-cubecl`'s `flash_attention` takes it as `_attn_bias`), which silently dropped ALiBi on
+/// CUDA. In both cases the scores are materialised explicitly.
 pub(crate) fn multi_head_attention(
     (q, k, v): (Tensor<4>, Tensor<4>, Tensor<4>),
     key_padding: Option<Tensor<2, Bool>>,
@@ -90,7 +93,8 @@ pub(crate) fn multi_head_attention(
             None => c,
         });
     }
-    if !training_dropout {
+    let fused_bias_ok = bias.is_none() || q.device().inner() == Device::flex();
+    if !training_dropout && fused_bias_ok {
         let options = AttentionModuleOptions {
             scale: Some(scale),
             softcap: None,
@@ -98,6 +102,18 @@ pub(crate) fn multi_head_attention(
         };
         return attention(q, k, v, mask, bias, options);
     }
+    explicit_attention((q, k, v), mask, bias, scale, dropout)
+}
+
+/// Attention with materialised scores: `dropout(softmax(q·kᵀ·scale, masked, + bias))·v`.
+/// `mask` is `[B, H, Lq, Lk]`, `true` where a key is ignored.
+fn explicit_attention(
+    (q, k, v): (Tensor<4>, Tensor<4>, Tensor<4>),
+    mask: Option<Tensor<4, Bool>>,
+    bias: Option<Tensor<4>>,
+    scale: f64,
+    dropout: &Dropout,
+) -> Tensor<4> {
     let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
     if let Some(m) = mask {
         scores = scores.mask_fill(m, f32::NEG_INFINITY);
@@ -118,4 +134,51 @@ pub(crate) fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
 pub(crate) fn merge_heads(x: Tensor<4>) -> Tensor<3> {
     let [b, h, l, dh] = x.dims();
     x.swap_dims(1, 2).reshape([b, l, h * dh])
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::nn::DropoutConfig;
+    use burn::tensor::Distribution;
+
+    use super::*;
+
+    /// The explicit path (used with a bias off flex, and for dropout) equals burn's fused op.
+    #[test]
+    fn explicit_scores_equal_the_fused_op_with_bias_and_padding() {
+        let device = Device::flex();
+        device.seed(3);
+        let [b, h, l, dh] = [2, 3, 5, 4];
+        let qkv = || Tensor::<4>::random([b, h, l, dh], Distribution::Normal(0.0, 1.0), &device);
+        let (q, k, v) = (qkv(), qkv(), qkv());
+        let bias = Tensor::<4>::random([b, h, l, l], Distribution::Normal(0.0, 1.0), &device);
+        let padding = Tensor::<2, Bool>::from_data(
+            TensorData::new(
+                vec![
+                    false, false, false, true, true, false, false, false, false, false,
+                ],
+                [b, l],
+            ),
+            &device,
+        );
+        let scale = 0.5;
+        let fused = multi_head_attention(
+            (q.clone(), k.clone(), v.clone()),
+            Some(padding.clone()),
+            Some(bias.clone()),
+            scale,
+            false,
+            &DropoutConfig::new(0.0).init(),
+        );
+        let mask = padding.reshape([b, 1, 1, l]).expand([b, h, l, l]);
+        let explicit = explicit_attention(
+            (q, k, v),
+            Some(mask),
+            Some(bias),
+            scale,
+            &DropoutConfig::new(0.0).init(),
+        );
+        let diff = (fused - explicit).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-5, "{diff}");
+    }
 }
