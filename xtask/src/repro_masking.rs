@@ -82,7 +82,7 @@ impl Setup {
                 quick,
                 args: String::new(),
                 seeds: vec![17, 2048, 3047],
-                pretrain_steps: 2000,
+                pretrain_steps: 1200,
                 finetune_steps: 400,
                 hidden: 64,
                 layers: 2,
