@@ -466,8 +466,8 @@ fn report(setup: &Setup, results: &[RunResult]) -> String {
     );
     let _ = writeln!(
         md,
-        "Command: `cargo xtask repro masking {}` (wrote this file and `{PLOT}`). Pipeline: `xtask/src/repro_masking.rs`.\n",
-        setup.args
+        "Command: `{}` (wrote this file and `{PLOT}`). Pipeline: `xtask/src/repro_masking.rs`.\n",
+        format!("cargo xtask repro masking {}", setup.args).trim_end()
     );
     let _ = writeln!(md, "## Setup\n");
     let _ = writeln!(
@@ -618,7 +618,27 @@ fn report(setup: &Setup, results: &[RunResult]) -> String {
             "The MLM-loss difference is within twice the seed standard deviation of the baseline ({sd_base:.4}): at this scale the schedules are not separated."
         )
     };
-    let _ = writeln!(md, "{verdict}\n");
+    let sd_probe = mean_sd(
+        &results
+            .iter()
+            .filter(|r| r.schedule == "constant 0.15")
+            .map(|r| r.probe_mcc)
+            .collect::<Vec<_>>(),
+    )
+    .1;
+    let probe_verdict = if setup.seeds.len() < 2 {
+        String::new()
+    } else if (pl - pb).abs() > 2.0 * sd_probe {
+        format!(
+            " The probe MCC difference is more than twice the baseline's seed standard deviation ({sd_probe:.3}): the linear schedule is {} on the probe.",
+            if pl > pb { "better" } else { "worse" }
+        )
+    } else {
+        format!(
+            " The probe MCC difference is within twice the baseline's seed standard deviation ({sd_probe:.3}): the probe does not separate the schedules at this scale."
+        )
+    };
+    let _ = writeln!(md, "{verdict}{probe_verdict}\n");
     let _ = writeln!(
         md,
         "What carries over and what does not: the mechanics are the paper's — the schedule `p(τ) = p₀ · f(τ)` with Composer's \

@@ -303,7 +303,7 @@ fn save(out: &Path, report: &mut Value, failures: &[String], started: Instant) -
     Ok(())
 }
 
-/// Runs a `measure` child with its output in files, killing it after `limit_s` seconds.
+/// Runs a `measure` or `train` child with its output in files, killing it after `limit_s` seconds.
 fn run_child(mut cmd: Command, scratch: &Path, limit_s: f64) -> Result<Value> {
     let stdout_path = scratch.join("stdout");
     let stderr_path = scratch.join("stderr");
