@@ -19,11 +19,14 @@ use burn::nn::{
 };
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
-use burn::tensor::activation::{gelu, log_softmax, tanh};
+use burn::tensor::activation::{gelu, tanh};
 use kiln_checkpoint::{Checkpoint, Dtype};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Activation, merge_heads, multi_head_attention, split_heads};
+use crate::common::{
+    Activation, cross_entropy, merge_heads, multi_head_attention, split_heads,
+    weighted_cross_entropy,
+};
 use crate::error::{Error, Result, config_err};
 use crate::weights::{LoadOptions, WeightLoader, WeightWriter, set};
 
@@ -896,6 +899,13 @@ pub struct BertForMaskedLm {
 /// Label value of positions that are not predicted (as in transformers).
 pub const IGNORE_INDEX: i64 = -100;
 
+/// Mean cross-entropy over the rows whose label is not [`IGNORE_INDEX`].
+fn cross_entropy_ignoring(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let kept = labels.clone().not_equal_elem(IGNORE_INDEX);
+    let targets = labels.mask_fill(kept.clone().bool_not(), 0);
+    weighted_cross_entropy(logits, targets, kept.float())
+}
+
 impl BertForMaskedLm {
     /// A randomly initialised model.
     ///
@@ -980,11 +990,7 @@ impl BertForMaskedLm {
             let logits = self
                 .head(h.unsqueeze())
                 .reshape([n, self.bert.config.vocab_size]);
-            let targets = labels.select(0, idx);
-            return log_softmax(logits, 1)
-                .gather(1, targets.reshape([n, 1]))
-                .neg()
-                .mean();
+            return cross_entropy(logits, labels.select(0, idx));
         }
         let h = self
             .bert
@@ -994,13 +1000,7 @@ impl BertForMaskedLm {
         let logits = self
             .head(flat.unsqueeze())
             .reshape([b * l, self.bert.config.vocab_size]);
-        let targets = labels.clone().mask_fill(selected.clone().bool_not(), 0);
-        let nll = log_softmax(logits, 1)
-            .gather(1, targets.reshape([b * l, 1]))
-            .reshape([b * l])
-            .neg();
-        let weights = selected.float();
-        (nll * weights.clone()).sum() / weights.sum()
+        cross_entropy_ignoring(logits, labels)
     }
 
     /// Loads an HF `BertForMaskedLM` (or MosaicBERT) directory.
@@ -1106,10 +1106,7 @@ impl BertForSequenceClassification {
         let logits = self.forward(input_ids, token_type_ids, attention_mask);
         let [b, c] = logits.dims();
         match labels {
-            SequenceLabels::Classes(y) => log_softmax(logits, 1)
-                .gather(1, y.reshape([b, 1]))
-                .neg()
-                .mean(),
+            SequenceLabels::Classes(y) => cross_entropy(logits, y),
             SequenceLabels::Scores(y) => {
                 debug_assert_eq!(c, 1, "regression uses one output");
                 (logits.reshape([b]) - y).powi_scalar(2).mean()
@@ -1217,15 +1214,7 @@ impl BertForTokenClassification {
     ) -> Tensor<1> {
         let logits = self.forward(input_ids, token_type_ids, attention_mask);
         let [b, l, c] = logits.dims();
-        let labels = labels.reshape([b * l]);
-        let selected = labels.clone().not_equal_elem(IGNORE_INDEX);
-        let targets = labels.mask_fill(selected.clone().bool_not(), 0);
-        let nll = log_softmax(logits.reshape([b * l, c]), 1)
-            .gather(1, targets.reshape([b * l, 1]))
-            .reshape([b * l])
-            .neg();
-        let weights = selected.float();
-        (nll * weights.clone()).sum() / weights.sum()
+        cross_entropy_ignoring(logits.reshape([b * l, c]), labels.reshape([b * l]))
     }
 
     /// Loads an HF `BertForTokenClassification` directory.

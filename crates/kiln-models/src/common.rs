@@ -124,6 +124,30 @@ fn explicit_attention(
     dropout.forward(activation::softmax(scores, 3)).matmul(v)
 }
 
+/// Mean cross-entropy of `logits` `[N, C]` against `labels` `[N]` (nats).
+pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    let n = labels.dims()[0];
+    activation::log_softmax(logits, 1)
+        .gather(1, labels.reshape([n, 1]))
+        .neg()
+        .mean()
+}
+
+/// Cross-entropy of `logits` `[N, C]` against `targets` `[N]`, averaged with `weights` `[N]`
+/// (a row of weight 0 does not count): `Σ wᵢ·nllᵢ / Σ wᵢ`.
+pub(crate) fn weighted_cross_entropy(
+    logits: Tensor<2>,
+    targets: Tensor<1, Int>,
+    weights: Tensor<1>,
+) -> Tensor<1> {
+    let n = targets.dims()[0];
+    let nll = activation::log_softmax(logits, 1)
+        .gather(1, targets.reshape([n, 1]))
+        .reshape([n])
+        .neg();
+    (nll * weights.clone()).sum() / weights.sum()
+}
+
 /// `[B, L, H·Dh]` → `[B, H, L, Dh]`.
 pub(crate) fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
     let [b, l, d] = x.dims();

@@ -13,11 +13,13 @@ use burn::nn::{
     Linear, LinearConfig,
 };
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use kiln_checkpoint::{Checkpoint, Dtype};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Activation, merge_heads, multi_head_attention, split_heads};
+pub use crate::common::cross_entropy;
+use crate::common::{
+    Activation, merge_heads, multi_head_attention, split_heads, weighted_cross_entropy,
+};
 use crate::error::{Error, Result, config_err};
 use crate::weights::{LoadOptions, WeightLoader, WeightWriter};
 
@@ -608,14 +610,16 @@ impl Gpt2LmHead {
         let [b, l] = input_ids.dims();
         let logits = self.forward(input_ids.clone(), attention_mask.clone(), None);
         let v = logits.dims()[2];
-        let logp = log_softmax(logits.narrow(1, 0, l - 1).reshape([b * (l - 1), v]), 1);
-        let targets = input_ids.narrow(1, 1, l - 1).reshape([b * (l - 1), 1]);
-        let nll = logp.gather(1, targets).reshape([b * (l - 1)]).neg();
+        let n = b * (l - 1);
         let weights = match attention_mask {
-            Some(m) => m.narrow(1, 1, l - 1).reshape([b * (l - 1)]).float(),
-            None => Tensor::ones([b * (l - 1)], &nll.device()),
+            Some(m) => m.narrow(1, 1, l - 1).reshape([n]).float(),
+            None => Tensor::ones([n], &logits.device()),
         };
-        (nll * weights.clone()).sum() / weights.sum()
+        weighted_cross_entropy(
+            logits.narrow(1, 0, l - 1).reshape([n, v]),
+            input_ids.narrow(1, 1, l - 1).reshape([n]),
+            weights,
+        )
     }
 
     /// Loads a Hugging Face `GPT2LMHeadModel` directory.
@@ -822,11 +826,4 @@ impl Gpt2SequenceClassification {
             score: score.expect("set by the loader"),
         })
     }
-}
-
-/// Mean cross-entropy of `logits` `[N, C]` against `labels` `[N]`.
-pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
-    let [n, _] = logits.dims();
-    let logp = log_softmax(logits, 1);
-    logp.gather(1, labels.reshape([n, 1])).neg().mean()
 }
