@@ -26,7 +26,8 @@ pub(crate) fn run_ci(no_test: bool) -> Result {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     // The CUDA path type-checks offline with DOCS_RS=1 (no LLVM download or link; burn guide
-    // §1.3). `--all-features` elsewhere would pull the CUDA build in, which needs the network.
+    // §1.3), and the wgpu path with it. `--all-features` elsewhere would pull the CUDA build in,
+    // which needs the network.
     run(
         "cargo",
         &[
@@ -38,7 +39,7 @@ pub(crate) fn run_ci(no_test: bool) -> Result {
             "-p",
             "kiln-gpu-check",
             "--features",
-            "kiln-cli/cuda,kiln-train/cuda,kiln-gpu-check/cuda-offline",
+            "kiln-cli/cuda,kiln-train/cuda,kiln-gpu-check/cuda-offline,kiln-cli/wgpu,kiln-gpu-check/wgpu",
         ],
         &[("DOCS_RS", "1")],
     )?;

@@ -31,8 +31,8 @@ pub(crate) struct ModelArgs {
     /// Model directory (config.json + model.safetensors or shards); model_type gpt2 or bert.
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
-    /// Device: cpu (burn's flex backend) or cuda[:N] (builds with the `cuda` feature). Defaults to
-    /// KILN_DEVICE, else cpu.
+    /// Device: cpu (burn's flex backend), cuda[:N] (builds with the `cuda` feature), or wgpu /
+    /// wgpu:cpu (builds with the `wgpu` feature). Defaults to KILN_DEVICE, else cpu.
     #[arg(long)]
     device: Option<String>,
 }

@@ -5,7 +5,8 @@ use burn::prelude::*;
 use crate::error::{Error, Result};
 
 /// `cpu` (or `flex`) → burn's pure-Rust flex backend; `cuda` / `cuda:N` → CUDA device N (with the
-/// `cuda` feature). Library code never picks a device itself; binaries call this once.
+/// `cuda` feature); `wgpu` → the best wgpu adapter, `wgpu:cpu` → a CPU adapter such as Mesa's
+/// lavapipe (with the `wgpu` feature). Library code never picks a device itself; binaries call this once.
 ///
 /// # Errors
 /// [`Error::Device`] for an unknown name, or `cuda` without the feature.
@@ -23,6 +24,10 @@ pub fn device_from_name(name: &str) -> Result<Device> {
                 })?;
             Ok(Device::cuda(index))
         }
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        #[cfg(feature = "wgpu")]
+        "wgpu:cpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::Cpu)),
         _ => Err(Error::Device {
             name: name.to_owned(),
         }),

@@ -60,8 +60,9 @@
 //! run mid-way and checks this bit for bit).
 //!
 //! # Devices
-//! [`device_from_name`] and [`device_from_env`] turn `--device cpu|cuda[:N]` or `KILN_DEVICE`
-//! into a burn device (burn's flex backend by default; CUDA with the `cuda` feature).
+//! [`device_from_name`] and [`device_from_env`] turn `--device cpu|cuda[:N]|wgpu` or
+//! `KILN_DEVICE` into a burn device (burn's flex backend by default; CUDA with the `cuda`
+//! feature, wgpu with the `wgpu` feature).
 
 #![warn(missing_docs)]
 
