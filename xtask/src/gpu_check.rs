@@ -7,7 +7,10 @@
 //! `crates/kiln-gpu-check/src/llvm_stubs.rs` (functions that print a message and abort) and links
 //! again. The stripped binary is copied to `gpu-check/` (ignored by git), where it travels to a
 //! GPU machine with the repository's fixtures; when it is over the 60 MiB that can travel, it is
-//! stored gzipped instead (`gpu-check/kiln-gpu-check.gz`).
+//! stored gzipped instead (`gpu-check/kiln-gpu-check.gz`). It then builds the same binary without
+//! burn's kernel fusion (`--features cuda-offline-no-fusion`) as
+//! `gpu-check/kiln-gpu-check-no-fusion[.gz]`, which the check runs for its "fusion off"
+//! measurements (`--no-fusion-binary`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -83,6 +86,12 @@ macro_rules! stub {\n    ($name:ident) => {\n        #[unsafe(no_mangle)]\n     
 }
 
 fn build() -> Result {
+    build_variant("cuda-offline", "kiln-gpu-check")?;
+    build_variant("cuda-offline-no-fusion", "kiln-gpu-check-no-fusion")
+}
+
+/// Builds `kiln-gpu-check` with `features` into `gpu-check/<name>` (or `<name>.gz`).
+fn build_variant(features: &str, name: &str) -> Result {
     let target = target_dir();
     let stubs = root().join(STUBS);
     if !stubs.exists() {
@@ -90,7 +99,7 @@ fn build() -> Result {
     }
     for attempt in 1..=3 {
         eprintln!(
-            "$ DOCS_RS=1 cargo build --release -p kiln-gpu-check --features cuda-offline  (target {}, attempt {attempt})",
+            "$ DOCS_RS=1 cargo build --release -p kiln-gpu-check --features {features}  (target {}, attempt {attempt})",
             target.display()
         );
         let out = Command::new("cargo")
@@ -100,7 +109,7 @@ fn build() -> Result {
                 "-p",
                 "kiln-gpu-check",
                 "--features",
-                "cuda-offline",
+                features,
             ])
             .env("DOCS_RS", "1")
             .env("CARGO_TARGET_DIR", &target)
@@ -116,7 +125,7 @@ fn build() -> Result {
             let bin = target.join("release/kiln-gpu-check");
             let dest_dir = root().join("gpu-check");
             std::fs::create_dir_all(&dest_dir)?;
-            let dest = dest_dir.join("kiln-gpu-check");
+            let dest = dest_dir.join(name);
             std::fs::copy(&bin, &dest)?;
             let size = std::fs::metadata(&dest)?.len();
             eprintln!(
@@ -125,13 +134,13 @@ fn build() -> Result {
                 size as f64 / (1u64 << 20) as f64
             );
             if size <= MAX_BYTES {
-                let _ = std::fs::remove_file(dest_dir.join("kiln-gpu-check.gz"));
+                let _ = std::fs::remove_file(dest_dir.join(format!("{name}.gz")));
                 return Ok(());
             }
             // Too large to travel as is (the CUDA kernels' generic code is big): gzip it, which
             // any GPU machine can undo (`gzip -dc gpu-check/kiln-gpu-check.gz > kiln-gpu-check`).
-            let gz = dest_dir.join("kiln-gpu-check.gz");
-            let tmp = dest_dir.join(".kiln-gpu-check.gz.tmp");
+            let gz = dest_dir.join(format!("{name}.gz"));
+            let tmp = dest_dir.join(format!(".{name}.gz.tmp"));
             let status = Command::new("gzip")
                 .args(["-9", "-n", "-c"])
                 .arg(&dest)
@@ -146,7 +155,7 @@ fn build() -> Result {
             std::fs::remove_file(&dest)?;
             let gz_size = std::fs::metadata(&gz)?.len();
             eprintln!(
-                "compressed to {} ({:.1} MiB); on the GPU machine: gzip -dc gpu-check/kiln-gpu-check.gz > kiln-gpu-check && chmod +x kiln-gpu-check",
+                "compressed to {} ({:.1} MiB); on the GPU machine: gzip -dc gpu-check/{name}.gz > {name} && chmod +x {name}",
                 gz.display(),
                 gz_size as f64 / (1u64 << 20) as f64,
             );

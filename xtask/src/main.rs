@@ -47,7 +47,8 @@ commands:
                                     1 seed, 120 steps), evaluate MLM loss at 15% and an acceptability probe
                                     → DIR (default docs/reproductions): masking.md + masking-curves.svg
   gpu-check build                   build kiln-gpu-check for CUDA without network (DOCS_RS=1, NVRTC kernels,
-                                    LLVM symbols stubbed; see docs/GPU.md) into gpu-check/
+                                    LLVM symbols stubbed; see docs/GPU.md) into gpu-check/, with fusion
+                                    and without (kiln-gpu-check-no-fusion, for --no-fusion-binary)
   gpu-check cpu                     run kiln-gpu-check's checks on the CPU (--device cpu --quick)
   bench scaling                     run the criterion benches of kiln-scaling-laws and the scipy anchor,
                                     then record both in docs/BENCHMARKS.md

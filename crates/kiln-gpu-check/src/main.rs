@@ -25,7 +25,7 @@
 //! non-zero when a parity or training check fails. `--device cpu --quick` runs the same code on
 //! burn's flex backend with small sizes, which is how CI exercises it.
 
-#[cfg(feature = "cuda-offline")]
+#[cfg(feature = "cuda-offline-no-fusion")]
 mod llvm_stubs;
 
 use std::path::{Path, PathBuf};
@@ -42,7 +42,11 @@ use serde_json::{Value, json};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-const USAGE: &str = "usage: kiln-gpu-check [--device cuda|cpu|wgpu|wgpu:cpu] [--fixtures DIR] [--out FILE] [--gpu-name NAME] [--budget-s S] [--parity NAMES] [--runs LIST] [--quick]
+/// Whether this binary was built with burn's kernel fusion (the `cuda` and `wgpu` features turn
+/// it on; `cuda-offline-no-fusion` alone does not; flex has none).
+const FUSION: bool = cfg!(any(feature = "cuda", feature = "wgpu"));
+
+const USAGE: &str = "usage: kiln-gpu-check [--device cuda|cpu|wgpu|wgpu:cpu] [--fixtures DIR] [--out FILE] [--gpu-name NAME] [--budget-s S] [--parity NAMES] [--runs LIST] [--no-fusion-binary PATH] [--quick]
        kiln-gpu-check measure --device D --model gpt2|bert --dtype f32|bf16 [--quick]
        kiln-gpu-check train --device D --model gpt2|mosaic_bert [--quick]
 
@@ -56,8 +60,13 @@ const USAGE: &str = "usage: kiln-gpu-check [--device cuda|cpu|wgpu|wgpu:cpu] [--
               parity and training stages leave, and one that overruns its share is killed
   --parity    fixtures to compare (comma-separated; default all: gpt2_tied, gpt2_scaled,
               gpt2_gelu, bert_mlm, mosaic_bert)
-  --runs      throughput runs as MODEL:DTYPE:AUTOTUNE, comma-separated (default all eight:
-              gpt2|bert × f32|bf16 × default|minimal)
+  --runs      throughput runs as MODEL:DTYPE:AUTOTUNE[:nofusion], comma-separated (default: all
+              eight of gpt2|bert × f32|bf16 × default|minimal, plus the four default-autotune
+              runs without fusion when --no-fusion-binary is given)
+  --no-fusion-binary
+              the same check built without burn's fusion (`cargo xtask gpu-check build` makes
+              it: gpu-check/kiln-gpu-check-no-fusion[.gz]); its throughput runs are the
+              fusion-off measurements
   --quick     small models and batches (for the CPU)";
 
 fn main() -> ExitCode {
@@ -100,6 +109,7 @@ fn check(args: &[String]) -> Result {
         "--budget-s",
         "--parity",
         "--runs",
+        "--no-fusion-binary",
         "--quick",
     ];
     let mut i = 0;
@@ -129,17 +139,30 @@ fn check(args: &[String]) -> Result {
         )
         .into());
     }
-    let selected: Option<Vec<(String, String, String)>> = flag(args, "--runs")
+    let no_fusion_exe = flag(args, "--no-fusion-binary").map(PathBuf::from);
+    if let Some(p) = &no_fusion_exe
+        && !p.is_file()
+    {
+        return Err(format!("--no-fusion-binary: `{}` is not a file", p.display()).into());
+    }
+    let selected: Option<Vec<Run>> = flag(args, "--runs")
         .map(|list| {
             list.split(',')
                 .map(|r| {
                     let parts: Vec<&str> = r.trim().split(':').collect();
-                    match parts[..] {
+                    let run = match parts[..] {
                         [m @ ("gpt2" | "bert"), d @ ("f32" | "bf16"), a @ ("default" | "minimal")] => {
-                            Ok((m.to_owned(), d.to_owned(), a.to_owned()))
+                            Run { model: m.to_owned(), dtype: d.to_owned(), autotune: a.to_owned(), fusion: true }
                         }
-                        _ => Err(format!("--runs: `{r}` is not MODEL:DTYPE:AUTOTUNE with MODEL gpt2|bert, DTYPE f32|bf16, AUTOTUNE default|minimal")),
+                        [m @ ("gpt2" | "bert"), d @ ("f32" | "bf16"), a @ ("default" | "minimal"), "nofusion"] => {
+                            Run { model: m.to_owned(), dtype: d.to_owned(), autotune: a.to_owned(), fusion: false }
+                        }
+                        _ => return Err(format!("--runs: `{r}` is not MODEL:DTYPE:AUTOTUNE[:nofusion] with MODEL gpt2|bert, DTYPE f32|bf16, AUTOTUNE default|minimal")),
+                    };
+                    if !run.fusion && no_fusion_exe.is_none() {
+                        return Err(format!("--runs: `{r}` needs --no-fusion-binary"));
                     }
+                    Ok(run)
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()
         })
@@ -156,7 +179,8 @@ fn check(args: &[String]) -> Result {
         "kiln_gpu_check": env!("CARGO_PKG_VERSION"),
         "device": dev_name,
         "gpu_name": gpu_name,
-        "build": if cfg!(feature = "cuda-offline") { "cuda-offline (NVRTC, LLVM stubbed)" } else if cfg!(feature = "cuda") { "cuda" } else if cfg!(feature = "wgpu") { "wgpu" } else { "cpu only" },
+        "build": if cfg!(feature = "cuda-offline-no-fusion") { "cuda-offline (NVRTC, LLVM stubbed)" } else if cfg!(feature = "cuda") { "cuda" } else if cfg!(feature = "wgpu") { "wgpu" } else { "cpu only" },
+        "fusion": FUSION,
         "complete": false,
     });
 
@@ -208,27 +232,46 @@ fn check(args: &[String]) -> Result {
         &["f32", "bf16"]
     };
     let mut runs = Vec::new();
-    for model in ["gpt2", "bert"] {
-        for dtype in dtypes {
-            for autotune in ["default", "minimal"] {
-                if dev_name == "cpu" && autotune == "minimal" {
-                    continue; // CubeCL autotuning does not apply to flex
-                }
-                let wanted = selected.as_ref().is_none_or(|sel| {
-                    sel.iter()
-                        .any(|(m, d, a)| m == model && d == dtype && a == autotune)
-                });
-                if wanted {
-                    runs.push((model, *dtype, autotune));
+    for fusion in [true, false] {
+        for model in ["gpt2", "bert"] {
+            for dtype in dtypes {
+                for autotune in ["default", "minimal"] {
+                    if dev_name == "cpu" && autotune == "minimal" {
+                        continue; // CubeCL autotuning does not apply to flex
+                    }
+                    let run = Run {
+                        model: model.to_owned(),
+                        dtype: (*dtype).to_owned(),
+                        autotune: autotune.to_owned(),
+                        fusion,
+                    };
+                    let wanted = match &selected {
+                        Some(sel) => sel.contains(&run),
+                        // By default: everything with fusion, and the default-autotune runs
+                        // without it when there is a binary for that.
+                        None => fusion || (no_fusion_exe.is_some() && autotune == "default"),
+                    };
+                    if wanted {
+                        runs.push(run);
+                    }
                 }
             }
         }
     }
     report["throughput"] = json!([]);
-    for (i, &(model, dtype, autotune)) in runs.iter().enumerate() {
+    for (i, run) in runs.iter().enumerate() {
+        let (model, dtype, autotune) = (
+            run.model.as_str(),
+            run.dtype.as_str(),
+            run.autotune.as_str(),
+        );
         let left = budget - started.elapsed().as_secs_f64();
         let share = (left / (runs.len() - i) as f64).max(5.0);
-        let mut cmd = Command::new(&exe);
+        let program = match (&no_fusion_exe, run.fusion) {
+            (Some(p), false) => p.clone(),
+            _ => exe.clone(),
+        };
+        let mut cmd = Command::new(&program);
         cmd.args([
             "measure", "--device", &dev_name, "--model", model, "--dtype", dtype,
         ]);
@@ -248,6 +291,9 @@ fn check(args: &[String]) -> Result {
         v["model"] = json!(model);
         v["dtype"] = json!(dtype);
         v["autotune"] = json!(autotune);
+        if v.get("fusion").is_none() {
+            v["fusion"] = json!(run.fusion && FUSION);
+        }
         v["wall_s"] = json!(t.elapsed().as_secs_f64());
         if let (Some((f32_peak, bf16_peak)), Some(achieved)) =
             (peaks, v["achieved_tflops"].as_f64())
@@ -256,7 +302,11 @@ fn check(args: &[String]) -> Result {
             v["peak_tflops"] = json!(peak);
             v["mfu"] = json!(achieved / peak);
         }
-        eprintln!("   {model} {dtype} autotune {autotune}: {}", summary(&v));
+        eprintln!(
+            "   {model} {dtype} autotune {autotune}{}: {}",
+            if run.fusion { "" } else { ", no fusion" },
+            summary(&v)
+        );
         if let Some(list) = report["throughput"].as_array_mut() {
             list.push(v);
         }
@@ -279,6 +329,16 @@ fn check(args: &[String]) -> Result {
         )
         .into())
     }
+}
+
+/// One throughput measurement to make.
+#[derive(Debug, PartialEq)]
+struct Run {
+    model: String,
+    dtype: String,
+    autotune: String,
+    /// `false`: run with `--no-fusion-binary`.
+    fusion: bool,
 }
 
 /// Runs one stage, turning an error or a panic into a recorded failure.
@@ -800,5 +860,6 @@ fn measure(args: &[String]) -> Result<Value> {
         "params": params, "batch": b, "seq_len": l, "step_s": median, "tokens_per_s": tokens / median,
         "train_flops_per_step": flops, "achieved_tflops": flops / median / 1e12,
         "peak_reserved_bytes": (peak > 0).then_some(peak), "final_loss": last_loss,
+        "fusion": FUSION,
     }))
 }

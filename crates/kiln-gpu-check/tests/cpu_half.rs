@@ -69,3 +69,40 @@ fn cpu_run_passes_and_reports() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--budget-s"));
 }
+
+/// `--no-fusion-binary` runs the `:nofusion` measurements through the other binary (here the same
+/// CPU build, which has no fusion either) and says so in the report; asking for them without it
+/// is an error.
+#[test]
+fn no_fusion_runs_go_through_the_other_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report.json");
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../kiln-models/tests/fixtures");
+    let exe = env!("CARGO_BIN_EXE_kiln-gpu-check");
+    let o = Command::new(exe)
+        .args(["--device", "cpu", "--quick", "--parity", "gpt2_tied"])
+        .args(["--runs", "gpt2:f32:default,gpt2:f32:default:nofusion"])
+        .args(["--no-fusion-binary", exe, "--fixtures", fixtures, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let tp = r["throughput"].as_array().unwrap();
+    assert_eq!(tp.len(), 2, "{tp:?}");
+    assert!(tp.iter().all(|t| t["fusion"] == false), "{tp:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no fusion"));
+
+    let o = Command::new(exe)
+        .args(["--device", "cpu", "--runs", "bert:f32:default:nofusion"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--no-fusion-binary"));
+    let o = Command::new(exe)
+        .args(["--device", "cpu", "--no-fusion-binary", "/nonexistent/kgc"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a file"));
+}

@@ -14,7 +14,7 @@ pub fn device_from_name(name: &str) -> Result<Device> {
     let n = name.trim().to_ascii_lowercase();
     match n.as_str() {
         "cpu" | "flex" => Ok(Device::flex()),
-        #[cfg(feature = "cuda")]
+        #[cfg(feature = "cuda-no-fusion")]
         s if s == "cuda" || s.starts_with("cuda:") => {
             let index = s
                 .strip_prefix("cuda:")

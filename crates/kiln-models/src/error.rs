@@ -68,7 +68,7 @@ pub enum Error {
     Data(#[from] kiln_data::Error),
 
     /// An unknown device name.
-    #[error("unknown device `{name}`; expected `cpu` (flex){}{}", if cfg!(feature = "cuda") { ", `cuda` or `cuda:N`" } else { " (build with the `cuda` feature for `cuda[:N]`)" }, if cfg!(feature = "wgpu") { ", `wgpu` or `wgpu:cpu`" } else { " (the `wgpu` feature adds `wgpu`, `wgpu:cpu`)" })]
+    #[error("unknown device `{name}`; expected `cpu` (flex){}{}", if cfg!(feature = "cuda-no-fusion") { ", `cuda` or `cuda:N`" } else { " (build with the `cuda` feature for `cuda[:N]`)" }, if cfg!(feature = "wgpu") { ", `wgpu` or `wgpu:cpu`" } else { " (the `wgpu` feature adds `wgpu`, `wgpu:cpu`)" })]
     Device {
         /// The name given.
         name: String,

@@ -30,6 +30,7 @@
 //! - `cuda`: burn's CUDA backend (`device_from_name("cuda")`). It needs network access at build time;
 //!   see the workspace's docs/GPU.md. On Ampere and newer GPUs burn runs f32 matmuls on TF32
 //!   tensor cores (10-bit mantissa inputs), with no switch to turn it off.
+//! - `cuda-no-fusion`: the same without burn's kernel fusion (`cuda` = this + fusion).
 //! - `wgpu`: burn's wgpu backend (`device_from_name("wgpu")`, or `"wgpu:cpu"` for a CPU adapter
 //!   such as Mesa's lavapipe); builds offline.
 
