@@ -1,7 +1,7 @@
 //! `kiln-gpu-check`: everything kiln claims about a GPU, checked in one call.
 //!
 //! ```text
-//! kiln-gpu-check [--device cuda|cpu|wgpu|wgpu:cpu] [--fixtures DIR] [--out FILE] [--gpu-name NAME] [--budget-s S] [--parity NAMES] [--runs LIST] [--quick]
+//! kiln-gpu-check [--device cuda|cpu|wgpu|wgpu:cpu] [--fixtures DIR] [--out FILE] [--gpu-name NAME] [--budget-s S] [--parity NAMES] [--runs LIST] [--no-fusion-binary PATH] [--quick]
 //! ```
 //!
 //! 1. **Parity**: the transformers fixtures of kiln-models (GPT-2 with and without

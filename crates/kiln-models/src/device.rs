@@ -6,10 +6,11 @@ use crate::error::{Error, Result};
 
 /// `cpu` (or `flex`) → burn's pure-Rust flex backend; `cuda` / `cuda:N` → CUDA device N (with the
 /// `cuda` feature); `wgpu` → the best wgpu adapter, `wgpu:cpu` → a CPU adapter such as Mesa's
-/// lavapipe (with the `wgpu` feature). Library code never picks a device itself; binaries call this once.
+/// lavapipe (with the `wgpu` feature). Library code never picks a device itself; binaries call
+/// this once.
 ///
 /// # Errors
-/// [`Error::Device`] for an unknown name, or `cuda` without the feature.
+/// [`Error::Device`] for an unknown name, or `cuda` / `wgpu` without its feature.
 pub fn device_from_name(name: &str) -> Result<Device> {
     let n = name.trim().to_ascii_lowercase();
     match n.as_str() {
