@@ -1,5 +1,5 @@
-//! `cargo xtask gpu-check build|cpu`: the offline CUDA build of `kiln-gpu-check` (docs/GPU.md)
-//! and its CPU half.
+//! `cargo xtask gpu-check build|cpu|lavapipe`: the offline CUDA build of `kiln-gpu-check`
+//! (docs/GPU.md), its CPU half, and the whole check on burn's GPU kernels run by Mesa's lavapipe.
 //!
 //! `build` compiles `kiln-gpu-check` with `--features cuda-offline` and `DOCS_RS=1` (so
 //! tracel-llvm-bundler downloads no LLVM and cubecl-llvm links none) in its own target
@@ -24,8 +24,23 @@ const MAX_BYTES: u64 = 60 << 20;
 pub(crate) fn command(args: &[&str]) -> Result {
     match args {
         ["build"] => build(),
-        ["cpu"] => cpu(),
-        _ => Err(format!("usage: cargo xtask gpu-check build|cpu (got {args:?})").into()),
+        ["cpu"] => run_check(None, &["--device", "cpu", "--quick"]),
+        // burn's CubeCL kernels and fusion (what CUDA runs, compiled to SPIR-V/WGSL instead of
+        // NVRTC) on a CPU Vulkan driver: parity, training and a throughput run each, with a
+        // budget that fits lavapipe's kernel compilation (~20 min on 2 cores with the build).
+        ["lavapipe"] => run_check(
+            Some("wgpu"),
+            &[
+                "--device",
+                "wgpu:cpu",
+                "--quick",
+                "--budget-s",
+                "1500",
+                "--runs",
+                "gpt2:f32:minimal,bert:f32:minimal",
+            ],
+        ),
+        _ => Err(format!("usage: cargo xtask gpu-check build|cpu|lavapipe (got {args:?})").into()),
     }
 }
 
@@ -205,26 +220,28 @@ fn build_variant(features: &str, name: &str) -> Result {
     Err("the link did not succeed after adding stubs three times".into())
 }
 
-fn cpu() -> Result {
-    eprintln!("$ cargo run -p kiln-gpu-check -- --device cpu --quick");
+/// `cargo run -p kiln-gpu-check [--features F] -- ARGS --out TMP`; fails when the check fails.
+fn run_check(features: Option<&str>, args: &[&str]) -> Result {
     let out = std::env::temp_dir().join(format!("kiln-gpu-check-{}.json", std::process::id()));
-    let status = Command::new("cargo")
-        .args([
-            "run",
-            "-p",
-            "kiln-gpu-check",
-            "--",
-            "--device",
-            "cpu",
-            "--quick",
-            "--out",
-        ])
-        .arg(&out)
-        .current_dir(root())
-        .status()?;
+    let mut cargo = vec!["run", "-p", "kiln-gpu-check"];
+    if let Some(f) = features {
+        cargo.extend(["--features", f]);
+    }
+    cargo.push("--");
+    cargo.extend(args);
+    eprintln!("$ cargo {}", cargo.join(" "));
+    let mut cmd = Command::new("cargo");
+    cmd.args(&cargo).arg("--out").arg(&out).current_dir(root());
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // Mesa's Vulkan loader complains on every device creation without one.
+        cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    let status = cmd.status()?;
     let _ = std::fs::remove_file(&out);
     if status.success() {
         Ok(())
+    } else if features == Some("wgpu") {
+        Err("the check on lavapipe failed (is a Vulkan CPU driver installed? Debian/Ubuntu: apt-get install mesa-vulkan-drivers)".into())
     } else {
         Err("the CPU check failed".into())
     }

@@ -9,7 +9,7 @@
 //!                                            recompute "Beyond Chinchilla-Optimal" into docs/reproductions/
 //! cargo xtask repro masking [--quick] [--out DIR]
 //!                                            dynamic masking-rate schedules (Ankner et al.) at small scale
-//! cargo xtask gpu-check build|cpu          offline CUDA build of kiln-gpu-check (docs/GPU.md) / its CPU half
+//! cargo xtask gpu-check build|cpu|lavapipe offline CUDA build of kiln-gpu-check (docs/GPU.md) / its CPU half / on lavapipe
 //! cargo xtask bench scaling                  criterion benches + the scipy anchor → docs/BENCHMARKS.md
 //! cargo xtask bench train                   one tiny-BERT training step: burn flex vs PyTorch CPU
 //! cargo xtask bench merge                    kiln merge vs mergekit on GPT-2-medium-sized checkpoints
@@ -50,6 +50,8 @@ commands:
                                     LLVM symbols stubbed; see docs/GPU.md) into gpu-check/, with fusion
                                     and without (kiln-gpu-check-no-fusion, for --no-fusion-binary)
   gpu-check cpu                     run kiln-gpu-check's checks on the CPU (--device cpu --quick)
+  gpu-check lavapipe                the same on burn's GPU kernels through Mesa's Vulkan CPU driver
+                                    (--features wgpu, --device wgpu:cpu; needs mesa-vulkan-drivers)
   bench scaling                     run the criterion benches of kiln-scaling-laws and the scipy anchor,
                                     then record both in docs/BENCHMARKS.md
   bench models                      tokens/s of GPT-2-small and BERT-base on the CPU (forward, forward+backward),
