@@ -71,6 +71,28 @@ proptest! {
     }
 }
 
+/// The workspace builds proptest without debug assertions (root `Cargo.toml`): its float range
+/// sampler asserts with the wrong sign before clamping an undershoot to `low`. This range makes
+/// the undershoot likely (about one draw in ten); with the assertion on, this test panics.
+#[test]
+fn proptest_float_ranges_are_sampled_without_panicking() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::from_seed(RngAlgorithm::ChaCha, &[7; 32]),
+    );
+    let range = 0.999_999_94f32..1.000_000_1;
+    let mut at_low = 0;
+    for _ in 0..1000 {
+        let v = range.clone().new_tree(&mut runner).unwrap().current();
+        assert!(range.contains(&v), "{v} outside {range:?}");
+        at_low += usize::from(v == range.start);
+    }
+    // The clamped undershoots are there: the case that used to panic was exercised.
+    assert!(at_low > 0);
+}
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
