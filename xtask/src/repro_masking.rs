@@ -597,14 +597,18 @@ fn report(setup: &Setup, results: &[RunResult]) -> String {
         lin - base,
         pl - pb
     );
-    let sd_base = mean_sd(
-        &results
-            .iter()
-            .filter(|r| r.schedule == "constant 0.15")
-            .map(|r| r.mlm_loss)
-            .collect::<Vec<_>>(),
-    )
-    .1;
+    // Seed standard deviation of the constant-15% baseline for one metric.
+    let baseline_sd = |metric: fn(&RunResult) -> f64| {
+        mean_sd(
+            &results
+                .iter()
+                .filter(|r| r.schedule == "constant 0.15")
+                .map(metric)
+                .collect::<Vec<_>>(),
+        )
+        .1
+    };
+    let sd_base = baseline_sd(|r| r.mlm_loss);
     let verdict = if setup.seeds.len() < 2 {
         "One seed cannot separate the schedules: the difference above is of unknown significance."
             .to_owned()
@@ -618,14 +622,7 @@ fn report(setup: &Setup, results: &[RunResult]) -> String {
             "The MLM-loss difference is within twice the seed standard deviation of the baseline ({sd_base:.4}): at this scale the schedules are not separated."
         )
     };
-    let sd_probe = mean_sd(
-        &results
-            .iter()
-            .filter(|r| r.schedule == "constant 0.15")
-            .map(|r| r.probe_mcc)
-            .collect::<Vec<_>>(),
-    )
-    .1;
+    let sd_probe = baseline_sd(|r| r.probe_mcc);
     let probe_verdict = if setup.seeds.len() < 2 {
         String::new()
     } else if (pl - pb).abs() > 2.0 * sd_probe {
