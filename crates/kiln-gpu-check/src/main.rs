@@ -15,7 +15,8 @@
 //! 3. **Throughput**: one training step (forward, loss, backward, AdamW) of a GPT-2-small-size and
 //!    a BERT-base-size model in f32 and bf16, with CubeCL's default autotuning and with it at
 //!    `minimal`: tokens/s, achieved TFLOP/s, model-FLOPs utilisation against the GPU's peak for
-//!    the dtype, and the allocator's peak reservation. Each measurement runs in a child process
+//!    the dtype, the allocator's peak reservation, and how long the first step (kernel
+//!    compilation and autotuning) took on its own. Each measurement runs in a child process
 //!    (`kiln-gpu-check measure …`), because a device's default dtype can be set only once.
 //!
 //! Everything is written to one JSON file (`--out`, default `gpu-check.json`), rewritten after each
@@ -424,7 +425,7 @@ fn summary(v: &Value) -> String {
             format!("error: {message}")
         }
         None => format!(
-            "{:.0} tokens/s, {:.2} TFLOP/s{}{}",
+            "{:.0} tokens/s, {:.2} TFLOP/s{}{}{}",
             v["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
             v["achieved_tflops"].as_f64().unwrap_or(f64::NAN),
             v["mfu"]
@@ -436,7 +437,10 @@ fn summary(v: &Value) -> String {
                 .map_or(String::new(), |b| format!(
                     ", peak {:.2} GiB",
                     b / (1u64 << 30) as f64
-                ))
+                )),
+            v["first_step_s"]
+                .as_f64()
+                .map_or(String::new(), |t| format!(", first step {t:.1} s")),
         ),
     }
 }
@@ -839,13 +843,20 @@ fn measure(args: &[String]) -> Result<Value> {
     };
     let mut peak = 0u64;
     let mut times = Vec::new();
+    let mut first_step = f64::NAN;
     let mut last_loss = f64::NAN;
     for i in 0..warmup + reps {
         let t = Instant::now();
         last_loss = step(); // reading the loss synchronises the device
         base.sync().map_err(|e| format!("sync: {e:?}"))?;
+        let took = t.elapsed().as_secs_f64();
+        eprintln!("step {i}: {took:.3} s");
+        if i == 0 {
+            // Compiles and autotunes every kernel of the step: on CUDA, NVRTC's share of a run.
+            first_step = took;
+        }
         if i >= warmup {
-            times.push(t.elapsed().as_secs_f64());
+            times.push(took);
         }
         if let Some(u) = base.memory_pool_usage() {
             peak = peak.max(u.bytes_reserved);
@@ -857,7 +868,8 @@ fn measure(args: &[String]) -> Result<Value> {
     // Training FLOPs: forward + backward = 3 × forward (Kaplan et al.).
     let flops = 3.0 * flops_per_token * tokens;
     Ok(json!({
-        "params": params, "batch": b, "seq_len": l, "step_s": median, "tokens_per_s": tokens / median,
+        "params": params, "batch": b, "seq_len": l, "first_step_s": first_step, "warmup_steps": warmup,
+        "step_s": median, "tokens_per_s": tokens / median,
         "train_flops_per_step": flops, "achieved_tflops": flops / median / 1e12,
         "peak_reserved_bytes": (peak > 0).then_some(peak), "final_loss": last_loss,
         "fusion": FUSION,

@@ -53,6 +53,13 @@ fn cpu_run_passes_and_reports() {
         tp.iter().all(|t| t["tokens_per_s"].as_f64().unwrap() > 0.0),
         "{tp:?}"
     );
+    // The first step (kernel compilation and autotuning on a GPU) is reported on its own and
+    // is not one of the timed steps.
+    assert!(
+        tp.iter()
+            .all(|t| t["first_step_s"].as_f64().unwrap() > 0.0 && t["warmup_steps"] == 1),
+        "{tp:?}"
+    );
     assert!(r["failures"].as_array().unwrap().is_empty());
     assert_eq!(r["complete"], true);
     // Bad arguments are errors, not panics.
