@@ -185,6 +185,20 @@ fn check(args: &[String]) -> Result {
         "complete": false,
     });
 
+    // One tiny kernel first: a machine without a working device (no driver, no NVRTC, no
+    // adapter) gets one clear error instead of every stage and child failing the same way.
+    if let Err(cause) = probe(&dev) {
+        let message = format!(
+            "--device {dev_name}: the device cannot run a kernel ({cause}). For CUDA: the NVIDIA \
+             driver's libcuda and the toolkit's libnvrtc must be on LD_LIBRARY_PATH and CUDA_PATH \
+             must name the toolkit (default /usr/local/cuda); see docs/GPU.md. `--device cpu` \
+             runs the CPU half."
+        );
+        failures.push(message.clone());
+        save(&out, &mut report, &failures, started)?;
+        return Err(message.into());
+    }
+
     eprintln!("== parity on {dev_name} against the CPU and transformers");
     report["parity"] = stage("parity", &mut failures, |f| {
         parity(&dev, &fixtures, &names, f).map(Value::from)
@@ -625,6 +639,57 @@ fn random_ids(b: usize, l: usize, vocab: usize, seed: u64, device: &Device) -> T
     Tensor::from_data(TensorData::new(v, [b, l]), device)
 }
 
+/// Runs `sum([1, 2, 3]²)` on the device; the first line of whatever went wrong (an error, or a
+/// panic here or in the backend's threads, whose default report is silenced meanwhile).
+fn probe(dev: &Device) -> std::result::Result<(), String> {
+    check_value(
+        || {
+            let t = Tensor::<1>::from_floats([1.0, 2.0, 3.0], dev);
+            scalar((t.clone() * t).sum())
+        },
+        14.0,
+    )
+}
+
+/// Runs `f` and expects `want`; else the first line of the first panic (on any thread) or the
+/// wrong value, cut to 200 characters.
+fn check_value(f: impl FnOnce() -> f64, want: f64) -> std::result::Result<(), String> {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Option<String>>> = Arc::default();
+    let hook = std::panic::take_hook();
+    let record = Arc::clone(&seen);
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| {
+                info.payload()
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+            })
+            .unwrap_or_else(|| "panicked".to_owned());
+        if let Ok(mut first) = record.lock() {
+            first.get_or_insert(text);
+        }
+    }));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    let first_panic = seen.lock().ok().and_then(|mut s| s.take());
+    let cause = match (outcome, first_panic) {
+        (Ok(v), None) if v == want => return Ok(()),
+        (Ok(v), None) => format!("a test kernel returned {v} instead of {want}"),
+        (_, Some(text)) => text,
+        (Err(_), None) => "panicked".to_owned(),
+    };
+    // A backend's message can be a page long (cudarc lists every library name it tried).
+    let line = cause.lines().next().unwrap_or("");
+    Err(match line.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line.to_owned(),
+    })
+}
+
 fn scalar(t: Tensor<1>) -> f64 {
     t.into_data()
         .convert::<f64>()
@@ -874,4 +939,44 @@ fn measure(args: &[String]) -> Result<Value> {
         "peak_reserved_bytes": (peak > 0).then_some(peak), "final_loss": last_loss,
         "fusion": FUSION,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // One test: the probe swaps the process-wide panic hook, which parallel tests would share.
+    #[test]
+    fn the_probe_passes_a_working_device_and_shortens_a_backend_failure() {
+        assert_eq!(probe(&Device::flex()), Ok(()));
+        // What burn's CUDA backend does without libcuda: its runtime thread panics with a
+        // page-long message, and the caller then panics on a closed channel.
+        let long = format!(
+            "Unable to load libcuda: tried {}\nsecond line",
+            "x".repeat(500)
+        );
+        let sent = long.clone();
+        let err = check_value(
+            move || {
+                let worker = std::thread::spawn(move || -> f64 { panic!("{sent}") });
+                worker.join().map_err(|_| "RecvError").unwrap()
+            },
+            14.0,
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("Unable to load libcuda: tried xxx"),
+            "{err}"
+        );
+        assert_eq!(
+            err.chars().count(),
+            201,
+            "200 characters and an ellipsis: {err}"
+        );
+        assert!(!err.contains("RecvError") && !err.contains("second line"));
+        assert_eq!(
+            check_value(|| 13.0, 14.0),
+            Err("a test kernel returned 13 instead of 14".to_owned())
+        );
+    }
 }
