@@ -368,15 +368,20 @@ fn stage(
     let message = match outcome {
         Ok(Ok(v)) => return v,
         Ok(Err(e)) => e.to_string(),
-        Err(panic) => panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_else(|| "panicked".to_owned()),
+        Err(panic) => panic_text(panic.as_ref()),
     };
     eprintln!("   {name} failed: {message}");
     failures.push(format!("{name}: {message}"));
     json!({"error": message})
+}
+
+/// A panic's message (`panic!` carries a `String` or a `&str`).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "panicked".to_owned())
 }
 
 /// Writes the report as it stands (atomically).
@@ -659,16 +664,7 @@ fn check_value(f: impl FnOnce() -> f64, want: f64) -> std::result::Result<(), St
     let hook = std::panic::take_hook();
     let record = Arc::clone(&seen);
     std::panic::set_hook(Box::new(move |info| {
-        let text = info
-            .payload()
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| {
-                info.payload()
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-            })
-            .unwrap_or_else(|| "panicked".to_owned());
+        let text = panic_text(info.payload());
         if let Ok(mut first) = record.lock() {
             first.get_or_insert(text);
         }
@@ -951,11 +947,10 @@ mod tests {
         assert_eq!(probe(&Device::flex()), Ok(()));
         // What burn's CUDA backend does without libcuda: its runtime thread panics with a
         // page-long message, and the caller then panics on a closed channel.
-        let long = format!(
+        let sent = format!(
             "Unable to load libcuda: tried {}\nsecond line",
             "x".repeat(500)
         );
-        let sent = long.clone();
         let err = check_value(
             move || {
                 let worker = std::thread::spawn(move || -> f64 { panic!("{sent}") });
