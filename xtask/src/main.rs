@@ -91,7 +91,11 @@ fn main() -> ExitCode {
 
 /// The workspace root (xtask lives one level below it).
 pub(crate) fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // The run-time value first: `cargo xtask` (`cargo run -p xtask`) sets it for the process.
+    // The compile-time one can name another checkout: with one CARGO_TARGET_DIR shared by
+    // checkouts at different paths, cargo may reuse an xtask binary built in another one.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .parent()
         .expect("xtask sits inside the workspace")
         .to_owned()
