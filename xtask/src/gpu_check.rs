@@ -27,7 +27,7 @@ pub(crate) fn command(args: &[&str]) -> Result {
         ["cpu"] => run_check(None, &["--device", "cpu", "--quick"]),
         // burn's CubeCL kernels and fusion (what CUDA runs, compiled to SPIR-V/WGSL instead of
         // NVRTC) on a CPU Vulkan driver: parity, training and a throughput run each, with a
-        // budget that fits lavapipe's kernel compilation (~20 min on 2 cores with the build).
+        // budget that fits lavapipe's kernel compilation (the check took 413–696 s on 2 cores).
         ["lavapipe"] => run_check(
             Some("wgpu"),
             &[
