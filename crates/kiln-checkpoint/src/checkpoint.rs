@@ -9,6 +9,7 @@ use crate::config::HfConfig;
 use crate::error::{Error, Result, io_err};
 use crate::file::{SafetensorsFile, TensorView};
 use crate::header::TensorInfo;
+use crate::paths::{Kind, kind};
 
 /// File name of a single-file checkpoint.
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -52,21 +53,38 @@ impl Checkpoint {
     /// [`SafetensorsFile::open`] and [`HfConfig::read`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let meta = std::fs::metadata(path).map_err(io_err(path))?;
-        if meta.is_file() {
-            let file = SafetensorsFile::open(path)?;
-            let dir = path.parent().unwrap_or(Path::new("."));
-            let config = read_config(dir)?;
-            return Self::from_files(path.to_owned(), vec![file], None, config);
+        match kind(path)? {
+            Kind::File => {
+                let file = SafetensorsFile::open(path)?;
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let config = read_config(dir)?;
+                return Self::from_files(path.to_owned(), vec![file], None, config);
+            }
+            Kind::Dir => {}
+            Kind::Missing => {
+                return Err(Error::Io {
+                    path: path.to_owned(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no such file or directory",
+                    ),
+                });
+            }
+            Kind::Other(what) => {
+                return Err(Error::NotARegularFile {
+                    path: path.to_owned(),
+                    kind: what,
+                });
+            }
         }
         let config = read_config(path)?;
         let index_path = path.join(INDEX_FILE);
-        if index_path.is_file() {
+        if regular_file(&index_path)? {
             let (shards, weight_map) = read_index(&index_path)?;
             let mut files = Vec::with_capacity(shards.len());
             for shard in &shards {
                 let p = path.join(shard);
-                if !p.is_file() {
+                if !regular_file(&p)? {
                     return Err(Error::MissingShard {
                         index: index_path.clone(),
                         dir: path.to_owned(),
@@ -93,7 +111,7 @@ impl Checkpoint {
             );
         }
         let single = path.join(SINGLE_FILE);
-        if single.is_file() {
+        if regular_file(&single)? {
             let file = SafetensorsFile::open(&single)?;
             return Self::from_files(path.to_owned(), vec![file], None, config);
         }
@@ -234,9 +252,26 @@ impl Checkpoint {
     }
 }
 
+/// Whether `path` is a regular file: `false` when nothing is there, an error naming what is
+/// there instead (a FIFO, a symlink loop, a directory) otherwise.
+fn regular_file(path: &Path) -> Result<bool> {
+    match kind(path)? {
+        Kind::File => Ok(true),
+        Kind::Missing => Ok(false),
+        Kind::Dir => Err(Error::NotARegularFile {
+            path: path.to_owned(),
+            kind: "a directory".into(),
+        }),
+        Kind::Other(what) => Err(Error::NotARegularFile {
+            path: path.to_owned(),
+            kind: what,
+        }),
+    }
+}
+
 fn read_config(dir: &Path) -> Result<Option<HfConfig>> {
     let p = dir.join(CONFIG_FILE);
-    if p.is_file() {
+    if regular_file(&p)? {
         HfConfig::read(&p).map(Some)
     } else {
         Ok(None)

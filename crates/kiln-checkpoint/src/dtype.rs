@@ -278,6 +278,47 @@ pub fn convert(bytes: &[u8], from: Dtype, to: Dtype) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Number of NaN and ±∞ values in little-endian `bytes` of a float dtype (an all-ones exponent,
+/// checked on the bits without converting).
+///
+/// ```
+/// use kiln_checkpoint::{Dtype, dtype};
+/// let mut bytes = vec![0u8; 6];
+/// dtype::encode_f32(&[1.0, f32::NAN, 1e6], Dtype::F16, &mut bytes)?; // 1e6 overflows f16
+/// assert_eq!(dtype::count_non_finite(&bytes, Dtype::F16)?, 2);
+/// # Ok::<(), kiln_checkpoint::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::NotFloat`] for other dtypes; [`Error::LengthMismatch`] for a partial element.
+pub fn count_non_finite(bytes: &[u8], dtype: Dtype) -> Result<usize> {
+    let size = dtype.size();
+    if !bytes.len().is_multiple_of(size) {
+        return Err(Error::LengthMismatch {
+            bytes: bytes.len(),
+            dtype,
+            elements: bytes.len() / size,
+        });
+    }
+    let count = |mask: u64| {
+        bytes
+            .chunks_exact(size)
+            .filter(|c| {
+                let mut v = [0u8; 8];
+                v[..size].copy_from_slice(c);
+                u64::from_le_bytes(v) & mask == mask
+            })
+            .count()
+    };
+    Ok(match dtype {
+        Dtype::F32 => count(0x7f80_0000),
+        Dtype::F16 => count(0x7c00),
+        Dtype::BF16 => count(0x7f80),
+        Dtype::F64 => count(0x7ff0_0000_0000_0000),
+        other => return Err(not_float(other)),
+    })
+}
+
 fn check_len(bytes: usize, dtype: Dtype, elements: usize) -> Result<()> {
     if bytes == elements * dtype.size() {
         Ok(())

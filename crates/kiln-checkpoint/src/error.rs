@@ -208,6 +208,45 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// An output path that is, lies inside or contains an input (after resolving symlinks).
+    #[error(
+        "output {} {} {what} at {} (resolved: {} and {}); kiln never writes onto, inside or \
+         around its inputs, with or without --force — choose an output path outside every input",
+        output.display(), relation.words(), input.display(), resolved.0.display(),
+        resolved.1.display()
+    )]
+    OutputOverlapsInput {
+        /// The output as given.
+        output: PathBuf,
+        /// The input as given.
+        input: PathBuf,
+        /// What the input is (e.g. "model `a`").
+        what: String,
+        /// How they overlap.
+        relation: crate::paths::Overlap,
+        /// The output and the input with symlinks and `..` resolved.
+        resolved: Box<(PathBuf, PathBuf)>,
+    },
+
+    /// A path that exists but is not what kiln can read (a FIFO, a socket, a device, a symlink
+    /// that loops or points nowhere).
+    #[error("{}: {kind}; expected a regular file", path.display())]
+    NotARegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
+        kind: String,
+    },
+
+    /// The target of an interrupted replacement could not be restored.
+    #[error("{}: {message}", path.display())]
+    Recovery {
+        /// The output directory.
+        path: PathBuf,
+        /// What was found and what to do.
+        message: String,
+    },
+
     /// A writer was given tensors out of plan order, of the wrong size, or finished early.
     #[error("checkpoint writer: {message}")]
     WriterOrder {

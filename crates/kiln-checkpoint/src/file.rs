@@ -47,6 +47,10 @@ impl SafetensorsFile {
     /// [`Header::parse`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_owned();
+        // Opening a FIFO would block until someone writes to it.
+        if let crate::paths::Kind::Other(what) = crate::paths::kind(&path)? {
+            return Err(Error::NotARegularFile { path, kind: what });
+        }
         let file = File::open(&path).map_err(io_err(&path))?;
         let len = file.metadata().map_err(io_err(&path))?.len();
         let bytes = if len < 4096 {

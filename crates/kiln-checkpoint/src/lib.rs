@@ -39,31 +39,37 @@
 //!   even, NaN and infinities preserved), checked bit for bit against ml_dtypes.
 //! - [`ShardPlan`], [`CheckpointWriter`], [`AtomicDir`]: sharded output with a byte limit,
 //!   `model-0000i-of-0000N.safetensors` names and `index.json`, written to a temporary sibling,
-//!   fsynced and renamed into place only when complete.
+//!   fsynced and renamed into place only when complete; an interrupted replacement is repaired
+//!   by the next run ([`recover`]), and [`interrupt_cleanup`] undoes unfinished outputs from a
+//!   signal handler.
+//! - [`paths`]: outputs are checked against inputs after resolving symlinks, so nothing kiln
+//!   writes can replace, or be written into, something it reads.
 //!
 //! # Errors
 //! Every failure is an [`Error`] that names the file (and tensor) and what is wrong.
 
 #![warn(missing_docs)]
 
+mod atomic;
 mod checkpoint;
 mod config;
 pub mod dtype;
 mod error;
 mod file;
 mod header;
+pub mod paths;
 mod writer;
 
+pub use atomic::{
+    AtomicDir, Recovered, STALE_AFTER, TEST_PAUSE_VAR, interrupt_cleanup, recover, write_atomic,
+};
 pub use checkpoint::{CONFIG_FILE, Checkpoint, INDEX_FILE, SINGLE_FILE};
 pub use config::HfConfig;
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use file::{SafetensorsFile, TensorView};
 pub use header::{Header, MAX_HEADER_BYTES, METADATA_KEY, TensorInfo};
-pub use writer::{
-    AtomicDir, CheckpointWriter, DEFAULT_MAX_SHARD_BYTES, ShardPlan, TensorSpec, write_atomic,
-    write_file,
-};
+pub use writer::{CheckpointWriter, DEFAULT_MAX_SHARD_BYTES, ShardPlan, TensorSpec, write_file};
 
 // The README's example runs as a doctest, so it cannot rot.
 #[cfg(doctest)]

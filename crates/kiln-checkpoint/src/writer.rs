@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::atomic::{AtomicDir, with_atomic_file};
 use crate::checkpoint::{INDEX_FILE, SINGLE_FILE};
 use crate::dtype::Dtype;
 use crate::error::{Error, Result, io_err};
@@ -115,174 +116,6 @@ impl ShardPlan {
             format!("model-{:05}-of-{:05}.safetensors", i + 1, self.shards.len())
         }
     }
-}
-
-/// An output directory that appears only when complete.
-///
-/// Files are written into a hidden sibling `.<name>.kiln-tmp-<pid>-<n>`; [`commit`](Self::commit)
-/// fsyncs them and the directory, then renames it over the final path. If the process dies first,
-/// the final path is untouched (a later [`AtomicDir::create`] for the same path removes temporary
-/// siblings whose process is gone); if the value is dropped uncommitted, the temporary directory
-/// is removed.
-#[derive(Debug)]
-pub struct AtomicDir {
-    target: PathBuf,
-    staging: PathBuf,
-    force: bool,
-    committed: bool,
-}
-
-impl AtomicDir {
-    /// Prepares to create `target`. An existing `target` is an error unless `force`, in which
-    /// case it is replaced at commit time (not before).
-    ///
-    /// # Errors
-    /// [`Error::OutputExists`], or [`Error::Io`] if the staging directory cannot be created.
-    pub fn create(target: impl AsRef<Path>, force: bool) -> Result<Self> {
-        let target = absolute(target.as_ref())?;
-        if target.exists() && !force {
-            return Err(Error::OutputExists { path: target });
-        }
-        let parent = target.parent().ok_or_else(|| Error::Io {
-            path: target.clone(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "output path has no parent directory",
-            ),
-        })?;
-        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-        let name = file_name(&target);
-        remove_stale_siblings(parent, &name);
-        let pid = std::process::id();
-        let mut n = 0u32;
-        let staging = loop {
-            let candidate = parent.join(format!(".{name}.kiln-tmp-{pid}-{n}"));
-            match std::fs::create_dir(&candidate) {
-                Ok(()) => break candidate,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
-                Err(e) => return Err(io_err(&candidate)(e)),
-            }
-        };
-        Ok(Self {
-            target,
-            staging,
-            force,
-            committed: false,
-        })
-    }
-
-    /// Where files go until commit.
-    pub fn path(&self) -> &Path {
-        &self.staging
-    }
-
-    /// The final path.
-    pub fn target(&self) -> &Path {
-        &self.target
-    }
-
-    /// Fsyncs every file and the directory, then renames it into place (replacing an existing
-    /// target when created with `force`).
-    ///
-    /// # Errors
-    /// [`Error::OutputExists`] if the target appeared meanwhile without `force`; [`Error::Io`].
-    pub fn commit(mut self) -> Result<PathBuf> {
-        for entry in std::fs::read_dir(&self.staging).map_err(io_err(&self.staging))? {
-            let path = entry.map_err(io_err(&self.staging))?.path();
-            if path.is_file() {
-                File::open(&path)
-                    .and_then(|f| f.sync_all())
-                    .map_err(io_err(&path))?;
-            }
-        }
-        sync_dir(&self.staging)?;
-        let parent = self.target.parent().expect("checked at create").to_owned();
-        if self.target.exists() {
-            if !self.force {
-                return Err(Error::OutputExists {
-                    path: self.target.clone(),
-                });
-            }
-            let old = parent.join(format!(
-                ".{}.kiln-old-{}",
-                file_name(&self.target),
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&old);
-            std::fs::rename(&self.target, &old).map_err(io_err(&self.target))?;
-            std::fs::rename(&self.staging, &self.target).map_err(io_err(&self.target))?;
-            self.committed = true;
-            let removed = if old.is_dir() {
-                std::fs::remove_dir_all(&old)
-            } else {
-                std::fs::remove_file(&old)
-            };
-            removed.map_err(io_err(&old))?;
-        } else {
-            std::fs::rename(&self.staging, &self.target).map_err(io_err(&self.target))?;
-            self.committed = true;
-        }
-        sync_dir(&parent)?;
-        Ok(self.target.clone())
-    }
-}
-
-impl Drop for AtomicDir {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.staging);
-        }
-    }
-}
-
-fn absolute(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path).map_err(io_err(path))
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into())
-}
-
-/// Removes `.<name>.kiln-tmp-<pid>-*` siblings left by processes that no longer run.
-fn remove_stale_siblings(parent: &Path, name: &str) {
-    let prefix = format!(".{name}.kiln-tmp-");
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let fname = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = fname.strip_prefix(&prefix) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid != std::process::id() && !process_alive(pid) {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-fn process_alive(pid: u32) -> bool {
-    if cfg!(target_os = "linux") {
-        Path::new(&format!("/proc/{pid}")).exists()
-    } else {
-        // Without a cheap check, assume it runs: leaving a stale directory is harmless.
-        true
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    // Directories can be opened and fsynced on Unix; elsewhere the rename is as durable as the
-    // platform makes it.
-    if cfg!(unix) {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
-    }
-    Ok(())
 }
 
 /// Writes a sharded safetensors checkpoint, one tensor at a time, into an [`AtomicDir`].
@@ -489,34 +322,6 @@ impl CheckpointWriter {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary sibling, fsync, rename, fsync of the
-/// directory. Readers see the old file or the new one, never a part.
-///
-/// # Errors
-/// [`Error::Io`].
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.kiln-tmp-{}",
-        file_name(path),
-        std::process::id()
-    ));
-    let result = (|| -> Result<()> {
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// Writes one safetensors file atomically (temporary sibling, fsync, rename): `tensors` are
 /// `(name, dtype, shape, little-endian bytes)` in file order.
 ///
@@ -548,31 +353,13 @@ pub fn write_file(
     }
     let entries: Vec<(&str, Dtype, &[usize])> =
         tensors.iter().map(|(n, d, s, _)| (*n, *d, *s)).collect();
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.kiln-tmp-{}",
-        file_name(path),
-        std::process::id()
-    ));
-    let result = (|| -> Result<()> {
-        let mut f = BufWriter::new(File::create(&tmp).map_err(io_err(&tmp))?);
-        f.write_all(&Header::encode(metadata, &entries))
-            .map_err(io_err(&tmp))?;
+    with_atomic_file(path, |f| {
+        f.write_all(&Header::encode(metadata, &entries))?;
         for (_, _, _, bytes) in tensors {
-            f.write_all(bytes).map_err(io_err(&tmp))?;
+            f.write_all(bytes)?;
         }
-        let f = f.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -615,30 +402,6 @@ mod tests {
             ShardPlan::new(vec![spec("a", 1), spec("a", 1)], 8),
             Err(Error::DuplicateTensor { .. })
         ));
-    }
-
-    #[test]
-    fn existing_output_is_refused_without_force() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("o");
-        std::fs::create_dir(&out).unwrap();
-        std::fs::write(out.join("keep"), b"x").unwrap();
-        assert!(matches!(
-            AtomicDir::create(&out, false),
-            Err(Error::OutputExists { .. })
-        ));
-        let a = AtomicDir::create(&out, true).unwrap();
-        std::fs::write(a.path().join("new"), b"y").unwrap();
-        // Until commit, the old directory is untouched.
-        assert!(out.join("keep").exists());
-        a.commit().unwrap();
-        assert!(!out.join("keep").exists() && out.join("new").exists());
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     }
 
     #[test]
@@ -690,32 +453,5 @@ mod tests {
         assert_eq!(f.tensor("a").unwrap().data, &bytes);
         assert!(write_file(&p, &[("a", Dtype::U8, &[3], &[1])], &BTreeMap::new()).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn stale_staging_dirs_of_dead_processes_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let stale = dir.path().join(".o.kiln-tmp-4000000000-0");
-        std::fs::create_dir(&stale).unwrap();
-        let a = AtomicDir::create(dir.path().join("o"), false).unwrap();
-        if cfg!(target_os = "linux") {
-            assert!(!stale.exists());
-        }
-        drop(a);
-    }
-
-    #[test]
-    fn write_atomic_replaces_whole_files_and_leaves_no_temporaries() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("state.json");
-        write_atomic(&p, b"first").unwrap();
-        write_atomic(&p, b"second, longer").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"second, longer");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        let missing = dir.path().join("no/such/dir/file");
-        assert!(matches!(
-            write_atomic(&missing, b"x"),
-            Err(Error::Io { .. })
-        ));
     }
 }

@@ -159,3 +159,42 @@ fn truncated_shards_and_empty_dirs_are_errors() {
         Err(Error::NoWeights { .. })
     ));
 }
+
+/// A weights file that is a FIFO, a symlink loop or a dangling link is reported as what it is,
+/// not as "no safetensors weights" (and a FIFO is never opened, which would block).
+#[cfg(unix)]
+#[test]
+fn special_files_are_named_for_what_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("fifo", "FIFO"),
+        ("loop", "symlink"),
+        ("dangling", "does not exist"),
+    ];
+    for (case, want) in cases {
+        let m = dir.path().join(case);
+        std::fs::create_dir(&m).unwrap();
+        let weights = m.join("model.safetensors");
+        match case {
+            "fifo" => {
+                let ok = std::process::Command::new("mkfifo")
+                    .arg(&weights)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !ok {
+                    continue; // no mkfifo on this system
+                }
+            }
+            "loop" => std::os::unix::fs::symlink(&weights, &weights).unwrap(),
+            _ => std::os::unix::fs::symlink(m.join("gone"), &weights).unwrap(),
+        }
+        for path in [m.clone(), weights.clone()] {
+            let err = Checkpoint::open(&path).unwrap_err();
+            assert!(
+                matches!(err, Error::NotARegularFile { .. }) && err.to_string().contains(want),
+                "{case} via {}: {err}",
+                path.display()
+            );
+        }
+    }
+}

@@ -14,6 +14,10 @@ pub(crate) enum CliError {
     #[error(transparent)]
     Merging(#[from] kiln_merging::Error),
 
+    /// An error of the checkpoint crate (an output overlapping an input, I/O, ...).
+    #[error(transparent)]
+    Checkpoint(#[from] kiln_checkpoint::Error),
+
     /// An error of the models crate (config, weights, device, tokenizer, ...).
     #[error(transparent)]
     Models(#[from] kiln_models::Error),

@@ -19,6 +19,7 @@ mod output;
 mod run;
 mod scaling;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -50,6 +51,22 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Ctrl-C or SIGTERM (and SIGHUP): remove half-written outputs, put back an output that a
+    // `--force` replacement had moved aside, then exit with 130 as shells expect.
+    let _ = ctrlc::set_handler(|| {
+        let undone = kiln_checkpoint::interrupt_cleanup();
+        // Not eprintln!: it panics when stderr is closed, and the exit below must happen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "kiln: interrupted{}",
+            if undone.is_empty() {
+                String::new()
+            } else {
+                format!("; cleaned up {} unfinished output path(s)", undone.len())
+            }
+        );
+        std::process::exit(130);
+    });
     let result = match cli.command {
         Command::Merge(args) => merge::run(args),
         Command::Run(cmd) => run::run(cmd),

@@ -22,7 +22,8 @@ pub(crate) struct MergeArgs {
     /// The merge configuration (mergekit YAML: models, base_model, merge_method, parameters,
     /// dtype, out_dtype, tokenizer_source; kiln adds trim_scope and shape_mismatch).
     config: PathBuf,
-    /// Output directory; must not exist unless --force.
+    /// Output directory; must not exist unless --force. It may not be, lie inside or contain an
+    /// input model or the config (checked after resolving symlinks, also with --force).
     out_dir: PathBuf,
     /// Maximum size of each output shard, in bytes; accepts 5GB, 500MB, 2GiB, 1e9. A tensor larger
     /// than this gets a shard of its own.
@@ -32,7 +33,7 @@ pub(crate) struct MergeArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Replace OUT_DIR if it exists (the old directory is removed only once the new one is
-    /// complete).
+    /// complete; an interrupted replacement is repaired by the next run for OUT_DIR).
     #[arg(long)]
     force: bool,
     /// Print the plan (inputs, tensors, shards, memory) and stop.
@@ -41,6 +42,10 @@ pub(crate) struct MergeArgs {
     /// Seed of DARE's random drop (the result is reproducible for a given seed).
     #[arg(long, default_value_t = 0)]
     random_seed: u64,
+    /// Write the merge even when it turns finite inputs into NaN or ±∞ (overflow). By default
+    /// such a merge is an error that names the tensors, and nothing is written.
+    #[arg(long)]
+    allow_non_finite: bool,
 }
 
 /// Parses a byte size: a number with an optional decimal (KB, MB, GB, TB, or K, M, G, T) or
@@ -130,6 +135,15 @@ fn human(bytes: f64) -> String {
 }
 
 pub(crate) fn run(args: MergeArgs) -> Result<(), CliError> {
+    kiln_checkpoint::paths::check_output(
+        &args.out_dir,
+        &[("the merge config".to_owned(), args.config.clone())],
+    )?;
+    // Repair an interrupted `--force` replacement of OUT_DIR first, and say so, whatever the
+    // rest of this run does.
+    for r in kiln_checkpoint::recover(&args.out_dir)? {
+        eprintln!("note: {}: {r}", args.out_dir.display());
+    }
     let config = MergeConfig::from_file(&args.config)?;
     let options = MergeOptions {
         out_dir: args.out_dir.clone(),
@@ -137,6 +151,7 @@ pub(crate) fn run(args: MergeArgs) -> Result<(), CliError> {
         threads: args.threads,
         force: args.force,
         seed: args.random_seed,
+        allow_non_finite: args.allow_non_finite,
     };
     if args.threads == Some(0) {
         return Err(CliError::Usage("--threads must be at least 1".into()));
@@ -172,6 +187,11 @@ pub(crate) fn run(args: MergeArgs) -> Result<(), CliError> {
         bar.finish_and_clear();
     }
     let report = report?;
+    for (name, count) in &report.non_finite {
+        eprintln!(
+            "warning: `{name}` holds {count} NaN or infinite value(s) that the merge produced from finite inputs (written because of --allow-non-finite)"
+        );
+    }
     println!(
         "merged {} tensors ({} read, {} written) in {:.2} s → {}",
         report.tensors,

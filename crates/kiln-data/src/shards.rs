@@ -210,13 +210,40 @@ impl TokenShard {
             )));
         }
         let offsets_path = path.join("offsets.bin");
-        let raw = std::fs::read(&offsets_path).map_err(io_err(&offsets_path))?;
-        if raw.len() as u64 != (index.num_documents + 1) * 8 {
+        // A crafted index can claim any count: compute sizes without overflowing.
+        let offsets_bytes = index
+            .num_documents
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(8))
+            .ok_or_else(|| {
+                bad(format!(
+                    "index.json claims {} documents, more than any offsets file can hold; the index is damaged",
+                    index.num_documents
+                ))
+            })?;
+        let tokens_bytes = index
+            .num_tokens
+            .checked_mul(index.dtype.size() as u64)
+            .ok_or_else(|| {
+                bad(format!(
+                    "index.json claims {} tokens, more than any token file can hold; the index is damaged",
+                    index.num_tokens
+                ))
+            })?;
+        let offsets_len = std::fs::metadata(&offsets_path)
+            .map_err(io_err(&offsets_path))?
+            .len();
+        if offsets_len != offsets_bytes {
             return Err(bad(format!(
-                "offsets.bin has {} bytes, the index says {} documents ({} bytes); the shard is truncated or from another run",
-                raw.len(),
+                "offsets.bin has {offsets_len} bytes, the index says {} documents ({offsets_bytes} bytes); the shard is truncated or from another run",
                 index.num_documents,
-                (index.num_documents + 1) * 8
+            )));
+        }
+        let raw = std::fs::read(&offsets_path).map_err(io_err(&offsets_path))?;
+        if raw.len() as u64 != offsets_bytes {
+            return Err(bad(format!(
+                "offsets.bin changed while it was read ({} bytes, expected {offsets_bytes})",
+                raw.len()
             )));
         }
         let offsets: Vec<u64> = raw
@@ -234,7 +261,7 @@ impl TokenShard {
         let tokens_path = path.join("tokens.bin");
         let f = File::open(&tokens_path).map_err(io_err(&tokens_path))?;
         let len = f.metadata().map_err(io_err(&tokens_path))?.len();
-        if len != index.num_tokens * index.dtype.size() as u64 {
+        if len != tokens_bytes {
             return Err(bad(format!(
                 "tokens.bin has {len} bytes, the index says {} {:?} tokens",
                 index.num_tokens, index.dtype

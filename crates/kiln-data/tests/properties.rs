@@ -67,3 +67,54 @@ proptest! {
         prop_assert_eq!(p, permutation(n, seed, epoch));
     }
 }
+
+/// A shard directory with arbitrary `index.json` counts and arbitrary file sizes and bytes.
+fn crafted_shard(
+    dir: &std::path::Path,
+    (num_documents, num_tokens, wide): (u64, u64, bool),
+    offsets: &[u8],
+    tokens: &[u8],
+) {
+    let index = serde_json::json!({
+        "format": "kiln-token-shard", "version": 1, "dtype": if wide { "u32" } else { "u16" },
+        "num_documents": num_documents, "num_tokens": num_tokens, "vocab_size": 100,
+        "special_tokens": false,
+    });
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(dir.join("offsets.bin"), offsets).unwrap();
+    std::fs::write(dir.join("tokens.bin"), tokens).unwrap();
+}
+
+fn counts() -> impl Strategy<Value = u64> {
+    prop_oneof![0u64..20, any::<u64>(), Just(u64::MAX), Just(u64::MAX / 8)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Review finding: `(num_documents + 1) * 8` overflowed for a crafted index (a panic in debug
+    /// builds, a wrap and an index panic in release). Any index and any bytes give a shard whose
+    /// every document reads, or an error — never a panic.
+    #[test]
+    fn crafted_shard_indexes_never_panic(
+        counts in (counts(), counts(), any::<bool>()),
+        offsets in prop::collection::vec(any::<u8>(), 0..80),
+        tokens in prop::collection::vec(any::<u8>(), 0..40),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        crafted_shard(dir.path(), counts, &offsets, &tokens);
+        if let Ok(shard) = kiln_data::shards::TokenShard::open(dir.path()) {
+            for i in 0..shard.num_documents() {
+                let _ = shard.document(i);
+            }
+        }
+    }
+}
+
+#[test]
+fn an_index_claiming_u64_max_documents_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    crafted_shard(dir.path(), (u64::MAX, 0, false), &[0; 8], &[]);
+    let err = kiln_data::shards::TokenShard::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("index is damaged"), "{err}");
+}

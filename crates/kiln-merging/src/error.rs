@@ -117,11 +117,18 @@ pub enum Error {
         base_dtype: String,
     },
 
-    /// The output directory is one of the inputs.
-    #[error("the output directory {} is also an input model; write the merge somewhere else", out.display())]
-    OutputIsInput {
-        /// The output.
-        out: PathBuf,
+    /// The merge turned finite inputs into NaN or ±∞ (overflow, e.g. weights near f32's or the
+    /// output dtype's range). Nothing was written.
+    #[error(
+        "the merge produced NaN or infinite values from finite inputs in {} tensor(s): {}; \
+         nothing was written. Check the weights (and `out_dtype`: f16 overflows above 65504), or \
+         pass --allow-non-finite to write the result anyway",
+        tensors.len(),
+        crate::plan::few_names(&tensors.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
+    )]
+    NonFinite {
+        /// The tensors and how many non-finite values each holds.
+        tensors: Vec<(String, usize)>,
     },
 
     /// An I/O error outside the checkpoint reader and writer (tokenizer copy, ...).

@@ -88,6 +88,9 @@ pub struct MergeReport {
     pub seconds: f64,
     /// The plan's warnings.
     pub warnings: Vec<String>,
+    /// Tensors in which the merge produced NaN or ±∞ from finite inputs, with the number of such
+    /// values (written only with `allow_non_finite`).
+    pub non_finite: Vec<(String, usize)>,
 }
 
 /// Runs a plan: writes the merged checkpoint, `config.json`, the tokenizer (if asked), the
@@ -128,6 +131,7 @@ fn run_typed<F: Real>(plan: &MergePlan, observer: &mut dyn Observer) -> Result<M
         .ok()
         .and_then(|v| v.parse().ok());
 
+    let mut non_finite: Vec<(String, usize)> = Vec::new();
     let (tx, rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(1);
     let (bytes_read, bytes_written, writer) =
         std::thread::scope(|scope| -> Result<(u64, u64, CheckpointWriter)> {
@@ -144,7 +148,12 @@ fn run_typed<F: Real>(plan: &MergePlan, observer: &mut dyn Observer) -> Result<M
             for (i, tp) in plan.tensors.iter().enumerate() {
                 let produced = tensor_bytes::<F>(plan, tp, &thresholds);
                 let bytes = match produced {
-                    Ok(b) => b,
+                    Ok((b, bad)) => {
+                        if bad > 0 {
+                            non_finite.push((tp.name.clone(), bad));
+                        }
+                        b
+                    }
                     Err(e) => {
                         failure = Some(e);
                         break;
@@ -191,6 +200,12 @@ fn run_typed<F: Real>(plan: &MergePlan, observer: &mut dyn Observer) -> Result<M
             Ok((read, written, writer))
         })?;
 
+    if !non_finite.is_empty() && !plan.options.allow_non_finite {
+        // Nothing is committed: dropping the writer removes the staging directory.
+        return Err(Error::NonFinite {
+            tensors: non_finite,
+        });
+    }
     let mut writer = writer;
     write_extras(plan, &mut writer)?;
     let out_dir = writer.finish()?;
@@ -201,6 +216,7 @@ fn run_typed<F: Real>(plan: &MergePlan, observer: &mut dyn Observer) -> Result<M
         bytes_written,
         seconds: start.elapsed().as_secs_f64(),
         warnings: plan.warnings.clone(),
+        non_finite,
     })
 }
 
@@ -255,13 +271,15 @@ fn row_len(shape: &[usize]) -> usize {
     shape.iter().skip(1).product::<usize>().max(1)
 }
 
+/// A tensor's merged bytes, and how many of its values are NaN or ±∞ where every input value
+/// of the same chunk was finite (values the merge itself made non-finite).
 fn tensor_bytes<F: Real>(
     plan: &MergePlan,
     tp: &TensorPlan,
     thresholds: &[Option<F>],
-) -> Result<Vec<u8>> {
+) -> Result<(Vec<u8>, usize)> {
     let params = match &tp.action {
-        Action::Copy => return Ok(plan.reference().tensor(&tp.name)?.data.to_vec()),
+        Action::Copy => return Ok((plan.reference().tensor(&tp.name)?.data.to_vec(), 0)),
         Action::Merge(p) => p,
     };
     let v = views(plan, tp)?;
@@ -270,7 +288,7 @@ fn tensor_bytes<F: Real>(
     let size = tp.out_dtype.size();
     let mut out = vec![0u8; n * size];
     if n == 0 {
-        return Ok(out);
+        return Ok((out, 0));
     }
     let method = plan.config.method;
     let k = v.models.len();
@@ -309,9 +327,10 @@ fn tensor_bytes<F: Real>(
         normalize: params.normalize,
         lambda: F::from_f64(params.lambda),
     };
-    out.par_chunks_mut(CHUNK * size)
+    let introduced = out
+        .par_chunks_mut(CHUNK * size)
         .enumerate()
-        .try_for_each_init(
+        .map_init(
             || {
                 (
                     vec![F::ZERO; CHUNK],
@@ -319,7 +338,7 @@ fn tensor_bytes<F: Real>(
                     vec![F::ZERO; CHUNK],
                 )
             },
-            |(reference, models, merged), (c, out_bytes)| -> Result<()> {
+            |(reference, models, merged), (c, out_bytes)| -> Result<usize> {
                 let s = c * CHUNK;
                 let len = out_bytes.len() / size;
                 let reference = &mut reference[..len];
@@ -327,6 +346,10 @@ fn tensor_bytes<F: Real>(
                 for (i, m) in models.iter_mut().enumerate() {
                     decode_model(&v.models[i], tp.rows[i], rl, s, &mut m[..len], reference)?;
                 }
+                let inputs_finite = reference.iter().all(|x| x.is_finite())
+                    && models
+                        .iter()
+                        .all(|m| m[..len].iter().all(|x| x.is_finite()));
                 let merged = &mut merged[..len];
                 match method {
                     Method::Linear => {
@@ -364,10 +387,15 @@ fn tensor_bytes<F: Real>(
                     }
                 }
                 F::encode(merged, tp.out_dtype, out_bytes)?;
-                Ok(())
+                Ok(if inputs_finite {
+                    kiln_checkpoint::dtype::count_non_finite(out_bytes, tp.out_dtype)?
+                } else {
+                    0
+                })
             },
-        )?;
-    Ok(out)
+        )
+        .try_reduce(|| 0, |a, b| Ok(a + b))?;
+    Ok((out, introduced))
 }
 
 /// How one model's task vector is sparsified for one tensor.
@@ -651,22 +679,11 @@ fn write_extras(plan: &MergePlan, writer: &mut CheckpointWriter) -> Result<()> {
         writer.write_file(kiln_checkpoint::CONFIG_FILE, text.as_bytes())?;
     }
     let mut copied = Vec::new();
-    if let Some(source) = &plan.config.tokenizer_source {
-        let path = match source {
-            TokenizerSource::Base => &plan.config.base_model.as_ref().expect("validated").path,
-            TokenizerSource::Model(i) => &plan.config.models[*i].model.path,
-        };
-        let dir = if path.is_file() {
-            path.parent().unwrap_or(Path::new("."))
-        } else {
-            path.as_path()
-        };
-        for name in TOKENIZER_FILES {
-            let src = dir.join(name);
-            if src.is_file() {
-                writer.copy_file(&src, name)?;
-                copied.push(name);
-            }
+    if plan.config.tokenizer_source.is_some() {
+        let dir = tokenizer_dir(&plan.config);
+        for name in tokenizer_files(&dir) {
+            writer.copy_file(&dir.join(name), name)?;
+            copied.push(name);
         }
     }
     writer.write_file(CONFIG_COPY, plan.config.text.as_bytes())?;
@@ -675,4 +692,26 @@ fn write_extras(plan: &MergePlan, writer: &mut CheckpointWriter) -> Result<()> {
         crate::card::model_card(plan, &copied).as_bytes(),
     )?;
     Ok(())
+}
+
+/// The directory `tokenizer_source` names (a model file's directory for file inputs).
+pub(crate) fn tokenizer_dir(config: &crate::config::MergeConfig) -> std::path::PathBuf {
+    let path = match &config.tokenizer_source {
+        Some(TokenizerSource::Base) => &config.base_model.as_ref().expect("validated").path,
+        Some(TokenizerSource::Model(i)) => &config.models[*i].model.path,
+        None => return std::path::PathBuf::new(),
+    };
+    if path.is_file() {
+        path.parent().unwrap_or(Path::new(".")).to_owned()
+    } else {
+        path.clone()
+    }
+}
+
+/// The tokenizer files present in `dir`.
+pub(crate) fn tokenizer_files(dir: &Path) -> Vec<&'static str> {
+    TOKENIZER_FILES
+        .into_iter()
+        .filter(|name| dir.join(name).is_file())
+        .collect()
 }

@@ -22,10 +22,14 @@ pub struct MergeOptions {
     pub force: bool,
     /// Seed of DARE's random drop.
     pub seed: u64,
+    /// Write the merge even if it produces NaN or ±∞ from finite inputs (by default that is an
+    /// error naming the tensors, and nothing is written).
+    pub allow_non_finite: bool,
 }
 
 impl MergeOptions {
-    /// Defaults for `out_dir`: 5 GB shards, all cores, no overwrite, seed 0.
+    /// Defaults for `out_dir`: 5 GB shards, all cores, no overwrite, seed 0, non-finite outputs
+    /// refused.
     pub fn new(out_dir: impl Into<PathBuf>) -> Self {
         Self {
             out_dir: out_dir.into(),
@@ -33,6 +37,7 @@ impl MergeOptions {
             threads: None,
             force: false,
             seed: 0,
+            allow_non_finite: false,
         }
     }
 }
@@ -108,29 +113,32 @@ impl MergePlan {
     /// Opens the inputs (read-only) and plans the merge.
     ///
     /// # Errors
-    /// [`Error::OutputIsInput`]; an existing output directory without `force`; the checkpoint
+    /// An output that is, lies inside or contains an input (after resolving symlinks:
+    /// `kiln_checkpoint::Error::OutputOverlapsInput`); an existing output directory without
+    /// `force`; a replacement of it that was interrupted and cannot be repaired; the checkpoint
     /// errors of opening the inputs;
     /// [`Error::MissingTensor`], [`Error::ShapeMismatch`], [`Error::DtypeMismatch`],
     /// [`Error::Parameter`] for values out of range or not applying to some tensor.
     pub fn new(config: MergeConfig, options: MergeOptions) -> Result<Self> {
+        let mut warnings = Vec::new();
+        let mut inputs: Vec<(String, PathBuf)> = Vec::new();
+        if let Some(b) = &config.base_model {
+            inputs.push((format!("the base model `{}`", b.name), b.path.clone()));
+        }
+        for m in &config.models {
+            inputs.push((format!("model `{}`", m.model.name), m.model.path.clone()));
+        }
+        // Refused with or without `force`: replacing an output that contains an input would
+        // delete the input, and an output inside an input would write into it.
+        kiln_checkpoint::paths::check_output(&options.out_dir, &inputs)?;
+        for r in kiln_checkpoint::recover(&options.out_dir)? {
+            warnings.push(format!("{}: {r}", options.out_dir.display()));
+        }
         if options.out_dir.exists() && !options.force {
             return Err(kiln_checkpoint::Error::OutputExists {
                 path: options.out_dir.clone(),
             }
             .into());
-        }
-        for input in config
-            .base_model
-            .iter()
-            .chain(config.models.iter().map(|m| &m.model))
-        {
-            if crate::config::same_path(&input.path, &options.out_dir)
-                || options.out_dir.starts_with(&input.path)
-            {
-                return Err(Error::OutputIsInput {
-                    out: options.out_dir.clone(),
-                });
-            }
         }
         let base = config
             .base_model
@@ -156,7 +164,6 @@ impl MergePlan {
             })
             .unwrap_or(1);
         let method = config.method;
-        let mut warnings = Vec::new();
         let mut tensors = Vec::with_capacity(names.len());
         let model_name = |i: usize| config.models[i].model.name.clone();
 
@@ -275,6 +282,49 @@ impl MergePlan {
                         ),
                     });
                 }
+            }
+        }
+        // A normalised sum whose weights add up to zero is left unnormalised (dividing would
+        // give ±∞ or NaN); say which tensors, since that is rarely what was meant.
+        let unnormalised: Vec<&str> = tensors
+            .iter()
+            .filter(|t| match &t.action {
+                Action::Merge(p) => {
+                    p.normalize
+                        && !method.family().is_some_and(|f| f.consensus)
+                        && p.weights.iter().sum::<f64>() == 0.0
+                }
+                Action::Copy => false,
+            })
+            .map(|t| t.name.as_str())
+            .collect();
+        if !unnormalised.is_empty() {
+            warnings.push(format!(
+                "the weights of {} tensor(s) sum to zero, so `normalize: true` cannot divide by their sum and they are the plain weighted sum instead: {}",
+                unnormalised.len(),
+                few_names(&unnormalised)
+            ));
+        }
+        let reference_name = config
+            .base_model
+            .as_ref()
+            .map_or(&config.models[0].model, |b| b)
+            .path
+            .display()
+            .to_string();
+        if reference.config().is_none() {
+            warnings.push(format!(
+                "{reference_name} has no config.json, so the merged model will have none either; transformers and `kiln run` need one — copy it in by hand"
+            ));
+        }
+        if config.tokenizer_source.is_some() {
+            let dir = crate::executor::tokenizer_dir(&config);
+            if crate::executor::tokenizer_files(&dir).is_empty() {
+                warnings.push(format!(
+                    "`tokenizer_source` points at {}, which has none of the tokenizer files ({}); the merged model will have no tokenizer",
+                    dir.display(),
+                    crate::executor::TOKENIZER_FILES.join(", ")
+                ));
             }
         }
         let specs = tensors
@@ -573,6 +623,20 @@ fn resolve(
     }
     params.model_scope = has("trim_scope") && model_scope(config)?;
     Ok(params)
+}
+
+/// Up to five names in backticks, then "...".
+pub(crate) fn few_names(names: &[&str]) -> String {
+    let mut s = names
+        .iter()
+        .take(5)
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > 5 {
+        s.push_str(&format!(", ... ({} in all)", names.len()));
+    }
+    s
 }
 
 #[cfg(test)]

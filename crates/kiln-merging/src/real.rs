@@ -34,6 +34,8 @@ pub trait Real:
     fn to_f64(self) -> f64;
     /// Absolute value.
     fn abs(self) -> Self;
+    /// Neither NaN nor ±∞.
+    fn is_finite(self) -> bool;
     /// For a non-negative, non-NaN value: an integer that orders like the value (its IEEE bits).
     fn key(self) -> u64;
     /// The value of a key.
@@ -64,6 +66,9 @@ impl Real for f32 {
     }
     fn abs(self) -> Self {
         f32::abs(self)
+    }
+    fn is_finite(self) -> bool {
+        f32::is_finite(self)
     }
     fn key(self) -> u64 {
         u64::from(self.to_bits())
@@ -96,6 +101,9 @@ impl Real for f64 {
     }
     fn abs(self) -> Self {
         f64::abs(self)
+    }
+    fn is_finite(self) -> bool {
+        f64::is_finite(self)
     }
     fn key(self) -> u64 {
         self.to_bits()
