@@ -18,6 +18,10 @@ pub(crate) enum CliError {
     #[error(transparent)]
     Checkpoint(#[from] kiln_checkpoint::Error),
 
+    /// An error of the data crate (tokenizers).
+    #[error(transparent)]
+    Data(#[from] kiln_data::Error),
+
     /// An error of the models crate (config, weights, device, tokenizer, ...).
     #[error(transparent)]
     Models(#[from] kiln_models::Error),

@@ -759,7 +759,7 @@ pub(crate) struct SweepArgs {
     /// Number of demands, spaced evenly in log space.
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(2..=10_000))]
     points: u32,
-    /// Where to write the SVG plot (replaced atomically if it exists).
+    /// Where to write the SVG plot (replaced atomically if it exists; never the --law file).
     #[arg(long, default_value = "scaling-sweep.svg", value_name = "FILE")]
     output: PathBuf,
     /// Do not write the plot.
@@ -772,6 +772,13 @@ pub(crate) struct SweepArgs {
 }
 
 fn sweep(args: SweepArgs) -> Result<(), CliError> {
+    let law_path = Path::new(&args.law.law);
+    if !args.no_plot && law_path.exists() {
+        kiln_checkpoint::paths::check_output(
+            &args.output,
+            &[("the law file".to_owned(), law_path.to_owned())],
+        )?;
+    }
     let (law, law_name) = resolve_law(&args.law.law)?;
     let (loss, _) = args.target.resolve(&law)?;
     if args.min_inference_tokens >= args.max_inference_tokens {

@@ -191,7 +191,7 @@ fn logits_of_bert_classification_heads() {
     ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("`BertModel` has no output head"), "{err}");
+    assert!(err.contains("BertModel has no output head"), "{err}");
 }
 
 #[test]
@@ -281,7 +281,7 @@ fn run_errors_are_clear() {
             "--output",
             s(&out)
         ])
-        .contains("outside the model's vocabulary")
+        .contains("token id 999 (row 0, position 1) is outside 0..61 (vocab_size 61)")
     );
     assert!(
         err(&[
@@ -318,14 +318,20 @@ fn run_errors_are_clear() {
             "--input-ids",
             "1"
         ])
-        .contains("needs a GPT-2")
+        .contains("needs a GPT-2 language model")
     );
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        gpt2.join("model.safetensors"),
+        empty.path().join("model.safetensors"),
+    )
+    .unwrap();
     assert!(
         err(&[
             "run",
             "logits",
             "--model",
-            s(dir.path()),
+            s(empty.path()),
             "--input-ids",
             "1",
             "--output",
@@ -334,4 +340,75 @@ fn run_errors_are_clear() {
         .contains("config.json")
     );
     assert!(!out.exists());
+}
+
+/// Review findings: `kiln run logits --output MODEL/model.safetensors` overwrote the weights with
+/// logits (exit 0); a sequence-classification GPT-2 printed LM logits; a multiple-choice one too.
+#[test]
+fn logits_never_overwrite_the_model_and_follow_its_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("gpt2");
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(fixtures().join("models/gpt2_tied")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
+    }
+    let weights = std::fs::read(model.join("model.safetensors")).unwrap();
+    for out in [
+        model.join("model.safetensors"),
+        model.join("./logits.safetensors"),
+        model.clone(),
+        dir.path().to_owned(),
+    ] {
+        let o = kiln(&[
+            "run",
+            "logits",
+            "--model",
+            s(&model),
+            "--input-ids",
+            "1,2",
+            "--output",
+            s(&out),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{out:?}: {err}");
+        assert!(err.contains("the model"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read(model.join("model.safetensors")).unwrap(),
+        weights
+    );
+
+    let out = dir.path().join("seqcls.safetensors");
+    let o = kiln(&[
+        "run",
+        "logits",
+        "--model",
+        s(&fixtures().join("models/gpt2_seqcls")),
+        "--input-ids",
+        "1,2,3;4,5",
+        "--output",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = Checkpoint::open(&out).unwrap();
+    assert_eq!(
+        got.tensor("logits").unwrap().shape(),
+        &[2, 3],
+        "one row of 3 labels per sequence"
+    );
+
+    let o = kiln(&[
+        "run",
+        "logits",
+        "--model",
+        s(&fixtures().join("models/gpt2_mc")),
+        "--input-ids",
+        "1,2",
+        "--output",
+        s(&dir.path().join("mc.safetensors")),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("GPT2ForMultipleChoice"), "{err}");
 }

@@ -24,8 +24,8 @@ use kiln_checkpoint::{Checkpoint, Dtype};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    Activation, cross_entropy, merge_heads, multi_head_attention, split_heads,
-    weighted_cross_entropy,
+    Activation, LayerNormPrecision, config_path, cross_entropy, layer_norm_in, merge_heads,
+    multi_head_attention, split_heads, weighted_cross_entropy, zero_bias,
 };
 use crate::error::{Error, Result, config_err};
 use crate::weights::{LoadOptions, WeightLoader, WeightWriter, set};
@@ -178,6 +178,27 @@ impl BertConfig {
     /// # Errors
     /// A config error naming the inconsistent fields.
     pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("intermediate_size", self.intermediate_size),
+        ] {
+            if v == 0 {
+                return Err(config_err(format!("{name} must be at least 1, got 0")));
+            }
+        }
+        if !self.uses_alibi() && self.max_position_embeddings == 0 {
+            return Err(config_err(
+                "max_position_embeddings must be at least 1 for learned positions (got 0)",
+            ));
+        }
+        if !self.layer_norm_eps.is_finite() || self.layer_norm_eps < 0.0 {
+            return Err(config_err(format!(
+                "layer_norm_eps must be a non-negative number, got {}",
+                self.layer_norm_eps
+            )));
+        }
         if self.num_attention_heads == 0
             || !self.hidden_size.is_multiple_of(self.num_attention_heads)
         {
@@ -300,21 +321,9 @@ impl BertConfig {
             embeddings_dropout: DropoutConfig::new(self.hidden_dropout_prob).init(),
             layers,
             config: self.clone(),
-            low_precision_layernorm: false,
+            layer_norm_precision: LayerNormPrecision::Model,
         })
     }
-}
-
-/// Zeroes a Linear's bias (HF's init), keeping it trainable: `zeros_like` makes a fresh tensor
-/// without `require_grad`, so the flag is carried over.
-pub(crate) fn zero_bias(mut l: Linear) -> Linear {
-    if let Some(b) = l.bias.take() {
-        l.bias = Some(b.map(|t| {
-            let trainable = t.is_require_grad();
-            t.zeros_like().set_require_grad(trainable)
-        }));
-    }
-    l
 }
 
 /// ALiBi slopes for `heads` heads, exactly as MosaicBERT (and the ALiBi paper): for a power of two
@@ -366,10 +375,9 @@ pub struct BertModel {
     /// The configuration.
     #[module(skip)]
     pub config: BertConfig,
-    /// Compute LayerNorms in the activations' dtype (bf16) instead of widening to f32, as
-    /// Composer's low-precision LayerNorm.
+    /// The precision LayerNorms compute in ([`LayerNormPrecision`]; default: the model's).
     #[module(skip)]
-    pub low_precision_layernorm: bool,
+    pub layer_norm_precision: LayerNormPrecision,
 }
 
 /// A post-LN encoder layer.
@@ -445,16 +453,7 @@ impl Unpad {
 
 impl BertModel {
     fn ln<const D: usize>(&self, ln: &LayerNorm, x: Tensor<D>) -> Tensor<D> {
-        if self.low_precision_layernorm {
-            burn::tensor::module::layer_norm(
-                x,
-                ln.gamma.val(),
-                ln.beta.as_ref().map(|b| b.val()),
-                self.config.layer_norm_eps,
-            )
-        } else {
-            ln.forward(x)
-        }
+        layer_norm_in(self.layer_norm_precision, ln, x, self.config.layer_norm_eps)
     }
 
     fn embed(
@@ -809,21 +808,30 @@ impl BertModel {
     }
 }
 
-fn open(dir: &Path, device: &Device) -> Result<(Checkpoint, BertConfig, BertModel, &'static str)> {
+/// Opens a BERT directory (or `.safetensors` file): its checkpoint and its `config.json`.
+///
+/// # Errors
+/// Checkpoint and config errors.
+pub fn open(dir: impl AsRef<Path>) -> Result<(Checkpoint, BertConfig)> {
+    let dir = dir.as_ref();
     let ckpt = Checkpoint::open(dir)?;
-    let config_path = if dir.is_file() {
-        dir.parent().unwrap_or(Path::new(".")).join("config.json")
-    } else {
-        dir.join("config.json")
-    };
-    let config = BertConfig::from_file(&config_path)?;
+    let config = BertConfig::from_file(config_path(dir))?;
+    Ok((ckpt, config))
+}
+
+/// A fresh encoder for `config` and the prefix its weights carry in `ckpt`.
+fn encoder(
+    ckpt: &Checkpoint,
+    config: &BertConfig,
+    device: &Device,
+) -> Result<(BertModel, &'static str)> {
     let model = config.init(device)?;
     let prefix = if ckpt.contains("bert.embeddings.word_embeddings.weight") {
         "bert."
     } else {
         ""
     };
-    Ok((ckpt, config, model, prefix))
+    Ok((model, prefix))
 }
 
 /// The pooler: `tanh(dense(h[:, 0]))`.
@@ -855,8 +863,22 @@ impl BertWithPooler {
     /// # Errors
     /// Config, checkpoint, missing/unexpected/shape errors.
     pub fn load(dir: impl AsRef<Path>, device: &Device, options: LoadOptions) -> Result<Self> {
-        let (ckpt, config, mut bert, prefix) = open(dir.as_ref(), device)?;
-        let mut w = WeightLoader::new(&ckpt, device, prefix);
+        let (ckpt, config) = open(dir)?;
+        Self::from_checkpoint(&ckpt, &config, device, options)
+    }
+
+    /// Loads from an opened checkpoint with its config (see [`open`]).
+    ///
+    /// # Errors
+    /// Missing/unexpected/shape errors.
+    pub fn from_checkpoint(
+        ckpt: &Checkpoint,
+        config: &BertConfig,
+        device: &Device,
+        options: LoadOptions,
+    ) -> Result<Self> {
+        let (mut bert, prefix) = encoder(ckpt, config, device)?;
+        let mut w = WeightLoader::new(ckpt, device, prefix);
         bert.load_weights(&mut w)?;
         let mut dense = LinearConfig::new(config.hidden_size, config.hidden_size).init(device);
         w.linear_out_in("pooler.dense", &mut dense)?;
@@ -1008,11 +1030,25 @@ impl BertForMaskedLm {
     /// # Errors
     /// Config, checkpoint, missing/unexpected/shape errors.
     pub fn load(dir: impl AsRef<Path>, device: &Device, options: LoadOptions) -> Result<Self> {
-        let (ckpt, config, mut bert, prefix) = open(dir.as_ref(), device)?;
-        let mut w = WeightLoader::new(&ckpt, device, prefix);
+        let (ckpt, config) = open(dir)?;
+        Self::from_checkpoint(&ckpt, &config, device, options)
+    }
+
+    /// Loads from an opened checkpoint with its config (see [`open`]).
+    ///
+    /// # Errors
+    /// Missing/unexpected/shape errors.
+    pub fn from_checkpoint(
+        ckpt: &Checkpoint,
+        config: &BertConfig,
+        device: &Device,
+        options: LoadOptions,
+    ) -> Result<Self> {
+        let (mut bert, prefix) = encoder(ckpt, config, device)?;
+        let mut w = WeightLoader::new(ckpt, device, prefix);
         bert.load_weights(&mut w)?;
-        let mut root = WeightLoader::new(&ckpt, device, "");
-        let mut model = Self::init(&config, device)?;
+        let mut root = WeightLoader::new(ckpt, device, "");
+        let mut model = Self::init(config, device)?;
         root.linear_out_in("cls.predictions.transform.dense", &mut model.transform)?;
         root.layer_norm(
             "cls.predictions.transform.LayerNorm",
@@ -1152,13 +1188,27 @@ impl BertForSequenceClassification {
     /// # Errors
     /// Config, checkpoint, missing/unexpected/shape errors.
     pub fn load(dir: impl AsRef<Path>, device: &Device, options: LoadOptions) -> Result<Self> {
-        let (ckpt, config, mut bert, prefix) = open(dir.as_ref(), device)?;
-        let mut w = WeightLoader::new(&ckpt, device, prefix);
+        let (ckpt, config) = open(dir)?;
+        Self::from_checkpoint(&ckpt, &config, device, options)
+    }
+
+    /// Loads from an opened checkpoint with its config (see [`open`]).
+    ///
+    /// # Errors
+    /// Missing/unexpected/shape errors.
+    pub fn from_checkpoint(
+        ckpt: &Checkpoint,
+        config: &BertConfig,
+        device: &Device,
+        options: LoadOptions,
+    ) -> Result<Self> {
+        let (mut bert, prefix) = encoder(ckpt, config, device)?;
+        let mut w = WeightLoader::new(ckpt, device, prefix);
         bert.load_weights(&mut w)?;
         let d = config.hidden_size;
         let mut dense = LinearConfig::new(d, d).init(device);
         w.linear_out_in("pooler.dense", &mut dense)?;
-        let mut root = WeightLoader::new(&ckpt, device, "");
+        let mut root = WeightLoader::new(ckpt, device, "");
         let mut classifier = LinearConfig::new(d, config.num_labels()).init(device);
         root.linear_out_in("classifier", &mut classifier)?;
         w.absorb(root);
@@ -1222,10 +1272,24 @@ impl BertForTokenClassification {
     /// # Errors
     /// Config, checkpoint, missing/unexpected/shape errors.
     pub fn load(dir: impl AsRef<Path>, device: &Device, options: LoadOptions) -> Result<Self> {
-        let (ckpt, config, mut bert, prefix) = open(dir.as_ref(), device)?;
-        let mut w = WeightLoader::new(&ckpt, device, prefix);
+        let (ckpt, config) = open(dir)?;
+        Self::from_checkpoint(&ckpt, &config, device, options)
+    }
+
+    /// Loads from an opened checkpoint with its config (see [`open`]).
+    ///
+    /// # Errors
+    /// Missing/unexpected/shape errors.
+    pub fn from_checkpoint(
+        ckpt: &Checkpoint,
+        config: &BertConfig,
+        device: &Device,
+        options: LoadOptions,
+    ) -> Result<Self> {
+        let (mut bert, prefix) = encoder(ckpt, config, device)?;
+        let mut w = WeightLoader::new(ckpt, device, prefix);
         bert.load_weights(&mut w)?;
-        let mut root = WeightLoader::new(&ckpt, device, "");
+        let mut root = WeightLoader::new(ckpt, device, "");
         let mut classifier =
             LinearConfig::new(config.hidden_size, config.num_labels()).init(device);
         root.linear_out_in("classifier", &mut classifier)?;

@@ -1,6 +1,8 @@
 //! Pieces shared by the models: activations, attention with masks and bias, dtype-aware layer norm.
 
-use burn::nn::Dropout;
+use std::path::{Path, PathBuf};
+
+use burn::nn::{Dropout, LayerNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation;
 use burn::tensor::module::attention;
@@ -56,6 +58,73 @@ impl Activation {
             Self::QuickGelu => x.clone() * activation::sigmoid(x.mul_scalar(1.702)),
             Self::Tanh => activation::tanh(x),
         }
+    }
+}
+
+/// The precision a model's LayerNorms compute in: MosaicBERT's low-precision LayerNorm.
+///
+/// Composer's `LPLayerNorm` exists because PyTorch autocast runs LayerNorm in f32 while the rest
+/// of a mixed-precision model runs in bf16; it casts the input, weight and bias to the autocast
+/// dtype and normalises there, which saves memory traffic. kiln's model keeps its own dtype (f32
+/// master weights), and a low precision here means what `LPLayerNorm` computes under autocast:
+/// the input, weight and bias are rounded to bf16 (or f16), normalised in that dtype — statistics
+/// accumulate in f32 inside the kernel, as PyTorch's do — and the result, rounded to that dtype,
+/// is cast back to the model's dtype. The other operations are untouched. For a model already in
+/// bf16 `Bf16` is the same as `Model`. Checked against a PyTorch transcription
+/// (`tests/fixtures/make_model_fixtures.py`, `logits_ln_bf16`/`logits_ln_f16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerNormPrecision {
+    /// The model's dtype (burn widens f16 to f32 for the statistics).
+    #[default]
+    Model,
+    /// bfloat16, as `LPLayerNorm` under bf16 autocast.
+    Bf16,
+    /// float16, as `LPLayerNorm` under f16 autocast.
+    F16,
+}
+
+/// `ln(x)` at `precision` (see [`LayerNormPrecision`]); `epsilon` is `ln`'s (burn keeps it
+/// private).
+pub(crate) fn layer_norm_in<const D: usize>(
+    precision: LayerNormPrecision,
+    ln: &LayerNorm,
+    x: Tensor<D>,
+    epsilon: f64,
+) -> Tensor<D> {
+    let dtype = match precision {
+        LayerNormPrecision::Model => return ln.forward(x),
+        LayerNormPrecision::Bf16 => burn::tensor::FloatDType::BF16,
+        LayerNormPrecision::F16 => burn::tensor::FloatDType::F16,
+    };
+    let original: burn::tensor::FloatDType = x.dtype().into();
+    burn::tensor::module::layer_norm(
+        x.cast(dtype),
+        ln.gamma.val().cast(dtype),
+        ln.beta.as_ref().map(|b| b.val().cast(dtype)),
+        epsilon,
+    )
+    .cast(original)
+}
+
+/// Zeroes a Linear's bias (HF's init), keeping it trainable: `zeros_like` makes a fresh tensor
+/// without `require_grad`, so the flag is carried over.
+pub(crate) fn zero_bias(mut l: Linear) -> Linear {
+    if let Some(b) = l.bias.take() {
+        l.bias = Some(b.map(|t| {
+            let trainable = t.is_require_grad();
+            t.zeros_like().set_require_grad(trainable)
+        }));
+    }
+    l
+}
+
+/// `config.json` beside a model: in the directory, or beside a `.safetensors` file.
+pub(crate) fn config_path(model: &Path) -> PathBuf {
+    if model.is_file() {
+        model.parent().unwrap_or(Path::new(".")).join("config.json")
+    } else {
+        model.join("config.json")
     }
 }
 

@@ -63,10 +63,6 @@ pub enum Error {
         message: String,
     },
 
-    /// Loading or using a tokenizer failed (kiln-data's errors).
-    #[error(transparent)]
-    Data(#[from] kiln_data::Error),
-
     /// An unknown device name.
     #[error("unknown device `{name}`; expected `cpu` (flex){}{}", if cfg!(feature = "cuda-no-fusion") { ", `cuda` or `cuda:N`" } else { " (build with the `cuda` feature for `cuda[:N]`)" }, if cfg!(feature = "wgpu") { ", `wgpu` or `wgpu:cpu`" } else { " (the `wgpu` feature adds `wgpu`, `wgpu:cpu`)" })]
     Device {

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::common::cross_entropy;
 use crate::common::{
-    Activation, merge_heads, multi_head_attention, split_heads, weighted_cross_entropy,
+    Activation, config_path, merge_heads, multi_head_attention, split_heads,
+    weighted_cross_entropy, zero_bias,
 };
 use crate::error::{Error, Result, config_err};
 use crate::weights::{LoadOptions, WeightLoader, WeightWriter};
@@ -194,10 +195,22 @@ impl Gpt2Config {
                 self.n_embd, self.n_head
             )));
         }
-        if self.n_layer == 0 || self.vocab_size == 0 || self.n_positions == 0 {
-            return Err(config_err(
-                "n_layer, vocab_size and n_positions must be positive",
-            ));
+        for (name, v) in [
+            ("n_layer", self.n_layer),
+            ("vocab_size", self.vocab_size),
+            ("n_positions", self.n_positions),
+            ("n_embd", self.n_embd),
+            ("n_inner", self.inner()),
+        ] {
+            if v == 0 {
+                return Err(config_err(format!("{name} must be at least 1, got 0")));
+            }
+        }
+        if !self.layer_norm_epsilon.is_finite() || self.layer_norm_epsilon < 0.0 {
+            return Err(config_err(format!(
+                "layer_norm_epsilon must be a non-negative number, got {}",
+                self.layer_norm_epsilon
+            )));
         }
         for (name, p) in [
             ("resid_pdrop", self.resid_pdrop),
@@ -258,7 +271,6 @@ impl Gpt2Config {
                 .with_initializer(normal(s))
                 .init(device)
         };
-        let zero_bias = crate::bert::zero_bias;
         let resid_std = std / (2.0 * self.n_layer as f64).sqrt();
         let h = (0..self.n_layer)
             .map(|idx| Gpt2Block {
@@ -441,6 +453,19 @@ impl Gpt2Model {
         &self,
         input_ids: Tensor<2, Int>,
         attention_mask: Option<Tensor<2, Int>>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        self.forward_with_token_types(input_ids, None, attention_mask, cache)
+    }
+
+    /// [`forward`](Self::forward) with token types, as transformers' `GPT2Model`: GPT-2 has no
+    /// token-type table, so `token_type_ids` (`[B, L]`, each below `vocab_size`) are looked up
+    /// in the token embedding `wte` and added to the input embeddings.
+    pub fn forward_with_token_types(
+        &self,
+        input_ids: Tensor<2, Int>,
+        token_type_ids: Option<Tensor<2, Int>>,
+        attention_mask: Option<Tensor<2, Int>>,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
         let [b, l] = input_ids.dims();
@@ -450,6 +475,9 @@ impl Gpt2Model {
             .reshape([1, l])
             .expand([b, l]);
         let mut x = self.wte.forward(input_ids) + self.wpe.forward(positions);
+        if let Some(tt) = token_type_ids {
+            x = x + self.wte.forward(tt);
+        }
         x = self.drop.forward(x);
         let key_padding = attention_mask.map(|m| m.equal_elem(0));
         if let Some(c) = cache.as_deref_mut() {
@@ -480,8 +508,21 @@ impl Gpt2Model {
     /// # Errors
     /// Config, checkpoint, missing/unexpected/shape errors.
     pub fn load(dir: impl AsRef<Path>, device: &Device, options: LoadOptions) -> Result<Self> {
-        let (model, _) = load_with(dir.as_ref(), device, options, |_, _| Ok(()))?;
-        Ok(model)
+        let (ckpt, config) = open(dir)?;
+        Self::from_checkpoint(&ckpt, &config, device, options)
+    }
+
+    /// Loads the backbone from an opened checkpoint with its config (see [`open`]).
+    ///
+    /// # Errors
+    /// Missing/unexpected/shape errors.
+    pub fn from_checkpoint(
+        ckpt: &Checkpoint,
+        config: &Gpt2Config,
+        device: &Device,
+        options: LoadOptions,
+    ) -> Result<Self> {
+        load_with(ckpt, config, device, options, |_, _| Ok(()))
     }
 
     fn load_weights(&mut self, w: &mut WeightLoader<'_>) -> Result<()> {
@@ -520,35 +561,39 @@ fn is_buffer(name: &str) -> bool {
     name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")
 }
 
-/// Opens a directory, builds the backbone from its config and loads it, then lets `heads` load
-/// the rest. Returns the backbone and the checkpoint's config.
+/// Opens a GPT-2 directory (or `.safetensors` file): its checkpoint and its `config.json`.
+///
+/// # Errors
+/// Checkpoint and config errors.
+pub fn open(dir: impl AsRef<Path>) -> Result<(Checkpoint, Gpt2Config)> {
+    let dir = dir.as_ref();
+    let ckpt = Checkpoint::open(dir)?;
+    let config = Gpt2Config::from_file(config_path(dir))?;
+    Ok((ckpt, config))
+}
+
+/// Builds the backbone from `config`, loads it from `ckpt`, then lets `heads` load the rest.
 fn load_with(
-    dir: &Path,
+    ckpt: &Checkpoint,
+    config: &Gpt2Config,
     device: &Device,
     options: LoadOptions,
     heads: impl FnOnce(&mut WeightLoader<'_>, &Gpt2Config) -> Result<()>,
-) -> Result<(Gpt2Model, Gpt2Config)> {
-    let ckpt = Checkpoint::open(dir)?;
-    let config_path = if dir.is_file() {
-        dir.parent().unwrap_or(Path::new(".")).join("config.json")
-    } else {
-        dir.join("config.json")
-    };
-    let config = Gpt2Config::from_file(&config_path)?;
+) -> Result<Gpt2Model> {
     let mut model = config.init(device)?;
     let prefix = if ckpt.contains("transformer.wte.weight") {
         "transformer."
     } else {
         ""
     };
-    let mut w = WeightLoader::new(&ckpt, device, prefix);
+    let mut w = WeightLoader::new(ckpt, device, prefix);
     model.load_weights(&mut w)?;
-    let mut root = WeightLoader::new(&ckpt, device, "");
+    let mut root = WeightLoader::new(ckpt, device, "");
     // The backbone's names are prefixed; heads are at the root.
-    heads(&mut root, &config)?;
+    heads(&mut root, config)?;
     merge_used(&mut w, root);
     w.finish(options, is_buffer)?;
-    Ok((model, config))
+    Ok(model)
 }
 
 fn merge_used(into: &mut WeightLoader<'_>, from: WeightLoader<'_>) {
@@ -594,7 +639,24 @@ impl Gpt2LmHead {
         attention_mask: Option<Tensor<2, Int>>,
         cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
-        let h = self.transformer.forward(input_ids, attention_mask, cache);
+        self.forward_with_token_types(input_ids, None, attention_mask, cache)
+    }
+
+    /// [`forward`](Self::forward) with token types (see
+    /// [`Gpt2Model::forward_with_token_types`]).
+    pub fn forward_with_token_types(
+        &self,
+        input_ids: Tensor<2, Int>,
+        token_type_ids: Option<Tensor<2, Int>>,
+        attention_mask: Option<Tensor<2, Int>>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let h = self.transformer.forward_with_token_types(
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            cache,
+        );
         match &self.lm_head {
             Some(head) => head.forward(h),
             None => h.matmul(self.transformer.wte.weight.val().transpose().unsqueeze()),
@@ -627,8 +689,22 @@ impl Gpt2LmHead {
     /// # Errors
     /// As [`Gpt2Model::load`].
     pub fn load(dir: impl AsRef<Path>, device: &Device, options: LoadOptions) -> Result<Self> {
+        let (ckpt, config) = open(dir)?;
+        Self::from_checkpoint(&ckpt, &config, device, options)
+    }
+
+    /// Loads from an opened checkpoint with its config (see [`open`]).
+    ///
+    /// # Errors
+    /// Missing/unexpected/shape errors.
+    pub fn from_checkpoint(
+        ckpt: &Checkpoint,
+        config: &Gpt2Config,
+        device: &Device,
+        options: LoadOptions,
+    ) -> Result<Self> {
         let mut lm_head = None;
-        let (transformer, _) = load_with(dir.as_ref(), device, options, |w, c| {
+        let transformer = load_with(ckpt, config, device, options, |w, c| {
             if c.tie_word_embeddings {
                 w.skip("lm_head.weight"); // a tied copy, when saved
             } else {
@@ -751,8 +827,22 @@ impl Gpt2MultipleChoice {
     /// # Errors
     /// As [`Gpt2Model::load`].
     pub fn load(dir: impl AsRef<Path>, device: &Device, options: LoadOptions) -> Result<Self> {
+        let (ckpt, config) = open(dir)?;
+        Self::from_checkpoint(&ckpt, &config, device, options)
+    }
+
+    /// Loads from an opened checkpoint with its config (see [`open`]).
+    ///
+    /// # Errors
+    /// Missing/unexpected/shape errors.
+    pub fn from_checkpoint(
+        ckpt: &Checkpoint,
+        config: &Gpt2Config,
+        device: &Device,
+        options: LoadOptions,
+    ) -> Result<Self> {
         let mut classifier = None;
-        let (transformer, _) = load_with(dir.as_ref(), device, options, |w, c| {
+        let transformer = load_with(ckpt, config, device, options, |w, c| {
             let mut head = LinearConfig::new(c.n_embd, 1).init(device);
             w.linear_out_in("classifier", &mut head)?;
             classifier = Some(head);
@@ -799,10 +889,24 @@ impl Gpt2SequenceClassification {
         input_ids: Tensor<2, Int>,
         attention_mask: Option<Tensor<2, Int>>,
     ) -> Tensor<2> {
+        self.forward_with_token_types(input_ids, None, attention_mask)
+    }
+
+    /// [`forward`](Self::forward) with token types (see
+    /// [`Gpt2Model::forward_with_token_types`]).
+    pub fn forward_with_token_types(
+        &self,
+        input_ids: Tensor<2, Int>,
+        token_type_ids: Option<Tensor<2, Int>>,
+        attention_mask: Option<Tensor<2, Int>>,
+    ) -> Tensor<2> {
         let [b, l] = input_ids.dims();
-        let h = self
-            .transformer
-            .forward(input_ids, attention_mask.clone(), None);
+        let h = self.transformer.forward_with_token_types(
+            input_ids,
+            token_type_ids,
+            attention_mask.clone(),
+            None,
+        );
         let last = last_token(attention_mask, b, l, &h.device());
         self.score.forward(gather_rows(h, last))
     }
@@ -812,8 +916,22 @@ impl Gpt2SequenceClassification {
     /// # Errors
     /// As [`Gpt2Model::load`].
     pub fn load(dir: impl AsRef<Path>, device: &Device, options: LoadOptions) -> Result<Self> {
+        let (ckpt, config) = open(dir)?;
+        Self::from_checkpoint(&ckpt, &config, device, options)
+    }
+
+    /// Loads from an opened checkpoint with its config (see [`open`]).
+    ///
+    /// # Errors
+    /// Missing/unexpected/shape errors.
+    pub fn from_checkpoint(
+        ckpt: &Checkpoint,
+        config: &Gpt2Config,
+        device: &Device,
+        options: LoadOptions,
+    ) -> Result<Self> {
         let mut score = None;
-        let (transformer, _) = load_with(dir.as_ref(), device, options, |w, c| {
+        let transformer = load_with(ckpt, config, device, options, |w, c| {
             let mut head = LinearConfig::new(c.n_embd, c.num_labels())
                 .with_bias(false)
                 .init(device);

@@ -20,8 +20,9 @@
 //! - [`bert`]: HF BERT and MosaicBERT (ALiBi, GeGLU, unpadding, low-precision LayerNorm) in one
 //!   implementation; MLM (with the masked-tokens-only shortcut), sequence and token
 //!   classification heads.
+//! - [`auto`]: [`AutoModel`](auto::AutoModel) loads a directory whatever its family and head
+//!   (from `config.json`, read once) and computes its logits with every id checked first.
 //! - [`generate`]: greedy and sampled generation (temperature, top-k, top-p, seeded).
-//! - [`tokenizer`]: `tokenizer.json` through the `tokenizers` crate, offline.
 //! - Loading by explicit name from single or sharded safetensors (via `kiln-checkpoint`), with
 //!   missing and unexpected weights reported as errors unless allowed ([`LoadOptions`]), and saving
 //!   back to the same layout (a round trip is bit-exact).
@@ -36,19 +37,18 @@
 
 #![warn(missing_docs)]
 
+pub mod auto;
 pub mod bert;
 mod common;
 mod device;
 mod error;
 pub mod generate;
 pub mod gpt2;
-/// `tokenizer.json` through the `tokenizers` crate, offline (kiln-data's tokenizer module).
-pub use kiln_data::tokenizer;
 mod weights;
 
 /// The burn version kiln-models is built on (use it to build inputs and read outputs).
 pub use burn;
-pub use common::Activation;
+pub use common::{Activation, LayerNormPrecision};
 pub use device::{device_from_env, device_from_name};
 pub use error::{Error, Result};
 pub use weights::LoadOptions;

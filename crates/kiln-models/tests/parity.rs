@@ -6,13 +6,14 @@ use std::path::PathBuf;
 
 use kiln_checkpoint::{Checkpoint, Dtype};
 use kiln_models::bert::{
-    BertForMaskedLm, BertForSequenceClassification, BertWithPooler, alibi_slopes,
+    BertForMaskedLm, BertForSequenceClassification, BertForTokenClassification, BertWithPooler,
+    SequenceLabels, alibi_slopes,
 };
 use kiln_models::burn::prelude::*;
 use kiln_models::burn::tensor::TensorData;
 use kiln_models::generate::{GenerationConfig, generate};
 use kiln_models::gpt2::{Gpt2LmHead, Gpt2MultipleChoice, Gpt2SequenceClassification};
-use kiln_models::{Error, LoadOptions};
+use kiln_models::{Error, LayerNormPrecision, LoadOptions};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -56,17 +57,20 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_into_vec().unwrap()
 }
 
+/// `got` equals `want` up to `rtol` times the reference's scale (its largest magnitude, at least
+/// 1e-3): logits of a few units and losses well below one are judged alike.
 #[track_caller]
-fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+fn close(got: &[f32], want: &[f32], rtol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
     let worst = got
         .iter()
         .zip(want)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     assert!(
-        worst <= tol,
-        "{what}: max |kiln − reference| = {worst:e} > {tol:e}"
+        worst <= rtol * scale,
+        "{what}: max |kiln − reference| = {worst:e} > {rtol:e} × {scale:e}"
     );
 }
 
@@ -84,6 +88,25 @@ fn gpt2_lm_logits_match_transformers() {
         assert_eq!(logits.dims().to_vec(), shape);
         close(&values(logits), &want, 1e-4, name);
     }
+}
+
+/// GPT-2 has no token-type table; transformers adds `wte(token_type_ids)` to the embeddings.
+#[test]
+fn gpt2_token_types_go_through_the_token_embedding() {
+    let r = reference("gpt2_tied");
+    let model = Gpt2LmHead::load(model_dir("gpt2_tied"), &dev(), LoadOptions::default()).unwrap();
+    let logits = model.forward_with_token_types(
+        ints(&r, "input_ids"),
+        Some(ints(&r, "token_type_ids")),
+        Some(ints(&r, "attention_mask")),
+        None,
+    );
+    close(
+        &values(logits),
+        &floats(&r, "logits_with_token_types").0,
+        1e-4,
+        "gpt2 with token types",
+    );
 }
 
 #[test]
@@ -225,17 +248,128 @@ fn bert_matches_transformers() {
         LoadOptions::default(),
     )
     .unwrap();
-    let logits = m.forward(
-        ints(&r, "input_ids"),
-        Some(ints(&r, "token_type_ids")),
-        Some(ints(&r, "attention_mask")),
-    );
+    let inputs = |r: &Checkpoint| {
+        (
+            ints::<2>(r, "input_ids"),
+            Some(ints::<2>(r, "token_type_ids")),
+            Some(ints::<2>(r, "attention_mask")),
+        )
+    };
+    let (ids, tt, mask) = inputs(&r);
+    let logits = m.forward(ids.clone(), tt.clone(), mask.clone());
     close(
         &values(logits),
         &floats(&r, "logits").0,
         1e-4,
         "bert seqcls",
     );
+    let loss = m.loss(ids, tt, mask, SequenceLabels::Classes(ints(&r, "labels")));
+    close(
+        &values(loss),
+        &floats(&r, "loss").0,
+        1e-5,
+        "bert seqcls loss",
+    );
+
+    // Regression: one output, mean squared error against float targets.
+    let r = reference("bert_regression");
+    let m = BertForSequenceClassification::load(
+        model_dir("bert_regression"),
+        &dev(),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let (ids, tt, mask) = inputs(&r);
+    let logits = m.forward(ids.clone(), tt.clone(), mask.clone());
+    close(
+        &values(logits),
+        &floats(&r, "logits").0,
+        1e-4,
+        "bert regression",
+    );
+    let (targets, shape) = floats(&r, "labels");
+    let targets = Tensor::<1>::from_data(TensorData::new(targets, [shape[0]]), &dev());
+    let loss = m.loss(ids, tt, mask, SequenceLabels::Scores(targets));
+    close(
+        &values(loss),
+        &floats(&r, "loss").0,
+        1e-5,
+        "bert regression loss",
+    );
+
+    // Token classification: labels −100 at padding are ignored.
+    let r = reference("bert_tokcls");
+    let m =
+        BertForTokenClassification::load(model_dir("bert_tokcls"), &dev(), LoadOptions::default())
+            .unwrap();
+    let (ids, tt, mask) = inputs(&r);
+    let logits = m.forward(ids.clone(), tt.clone(), mask.clone());
+    close(
+        &values(logits),
+        &floats(&r, "logits").0,
+        1e-4,
+        "bert tokcls",
+    );
+    let loss = m.loss(ids, tt, mask, ints(&r, "labels"));
+    close(
+        &values(loss),
+        &floats(&r, "loss").0,
+        1e-5,
+        "bert tokcls loss",
+    );
+}
+
+/// MosaicBERT's low-precision LayerNorm: Composer's `LPLayerNorm` under autocast, the rest in f32.
+/// The reference moves measurably away from the f32 logits, and kiln follows it.
+#[test]
+fn low_precision_layernorm_matches_lplayernorm() {
+    let r = reference("mosaic_bert");
+    let mut m =
+        BertForMaskedLm::load(model_dir("mosaic_bert"), &dev(), LoadOptions::default()).unwrap();
+    let (ids, tt, mask) = (
+        ints::<2>(&r, "input_ids"),
+        ints::<2>(&r, "token_type_ids"),
+        ints::<2>(&r, "attention_mask"),
+    );
+    let f32_logits = floats(&r, "logits").0;
+    for (precision, name) in [
+        (LayerNormPrecision::Bf16, "logits_ln_bf16"),
+        (LayerNormPrecision::F16, "logits_ln_f16"),
+    ] {
+        m.bert.layer_norm_precision = precision;
+        let want = floats(&r, name).0;
+        let moved = want
+            .iter()
+            .zip(&f32_logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            moved > 5e-3,
+            "{name}: the low precision must show ({moved})"
+        );
+        for unpad in [true, false] {
+            let got = values(m.forward(ids.clone(), Some(tt.clone()), Some(mask.clone()), unpad));
+            // Compare real tokens (padded positions differ between the two paths).
+            let real = real_rows(&got, &mask, want.len());
+            close(&real, &real_rows(&want, &mask, want.len()), 2e-4, name);
+        }
+    }
+}
+
+/// Logit rows of real (mask 1) tokens.
+fn real_rows(v: &[f32], mask: &Tensor<2, Int>, len: usize) -> Vec<f32> {
+    let m: Vec<i64> = mask
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec()
+        .unwrap();
+    let width = len / m.len();
+    v.chunks(width)
+        .zip(&m)
+        .filter(|(_, k)| **k == 1)
+        .flat_map(|(c, _)| c.to_vec())
+        .collect()
 }
 
 #[test]

@@ -1,15 +1,13 @@
-//! Parameter counts against transformers' `num_parameters()` (fixture), FLOPs against Kaplan's
-//! formula, and the low-precision LayerNorm option.
+//! Parameter counts against transformers' `num_parameters()` (fixture) and FLOPs against Kaplan's
+//! formula.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kiln_models::LoadOptions;
-use kiln_models::bert::{BertConfig, BertForMaskedLm};
+use kiln_models::bert::BertConfig;
 use kiln_models::burn::module::Module;
 use kiln_models::burn::prelude::*;
-use kiln_models::burn::tensor::module::layer_norm;
-use kiln_models::burn::tensor::{Distribution, FloatDType};
 use kiln_models::gpt2::{Gpt2Config, Gpt2LmHead};
 
 fn fixtures() -> PathBuf {
@@ -60,45 +58,4 @@ fn flops_follow_kaplan() {
         + 2.0 * cfg.vocab_size as f64 * d;
     let ours = cfg.flops_per_token(1024);
     assert!((ours / kaplan - 1.0).abs() < 0.002, "{ours} vs {kaplan}");
-}
-
-#[test]
-fn low_precision_layernorm_is_exact_in_f32_and_close_in_bf16() {
-    let device = Device::flex();
-    let mut model = BertForMaskedLm::load(
-        fixtures().join("models/mosaic_bert"),
-        &device,
-        LoadOptions::default(),
-    )
-    .unwrap();
-    let ids = Tensor::<2, Int>::from_data([[3, 5, 7, 9, 11, 13]], &device);
-    let a = model.forward(ids.clone(), None, None, false);
-    model.bert.low_precision_layernorm = true;
-    let b = model.forward(ids, None, None, false);
-    assert_eq!(
-        a.to_data(),
-        b.to_data(),
-        "in f32 both LayerNorms are the same computation"
-    );
-
-    // In bf16 the statistics are computed in bf16 instead of f32: close, not equal.
-    let ln = &model.bert.layers[0].attn_ln;
-    let x = Tensor::<3>::random([2, 5, 24], Distribution::Normal(0.0, 3.0), &device)
-        .cast(FloatDType::BF16);
-    let (gamma, beta) = (ln.gamma.val(), ln.beta.as_ref().map(|b| b.val()));
-    let widened = layer_norm(
-        x.clone().cast(FloatDType::F32),
-        gamma.clone(),
-        beta.clone(),
-        1e-12,
-    );
-    let low = layer_norm(
-        x,
-        gamma.cast(FloatDType::BF16),
-        beta.map(|b| b.cast(FloatDType::BF16)),
-        1e-12,
-    )
-    .cast(FloatDType::F32);
-    let diff: f32 = (widened - low).abs().max().into_scalar();
-    assert!(diff < 0.1, "bf16 LayerNorm differs by {diff}");
 }
