@@ -14,15 +14,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_data::corpus::{self, Domain};
-use kiln_data::mixture::MixtureSampler;
 use kiln_data::mlm::MlmCollator;
 use kiln_data::packing::{Grouping, PackedSequences, Packing, SequenceStream};
 use kiln_data::shards::{TokenShard, write_shard};
 use kiln_data::tokenizer::{Tokenizer, TokenizerKind};
 use kiln_models::bert::{BertConfig, BertForMaskedLm, BertForSequenceClassification};
-use kiln_schedules::{DataMix, Duration, LrSchedule, MaskingSchedule, RunSize};
+use kiln_schedules::{DataMix, Duration, LrSchedule, MaskingSchedule};
 use kiln_train::burn::tensor::Device;
-use kiln_train::tasks::{ClassificationTask, LabelledSequence, MlmTask};
+use kiln_train::tasks::{ClassificationTask, LabelledSequence, MlmTask, MlmTaskConfig};
 use kiln_train::{OptimizerConfig, Trainer, TrainerConfig};
 use plotters::prelude::*;
 use serde_json::Value;
@@ -311,27 +310,16 @@ fn run_one(
             ))
         })
         .collect::<Result<BTreeMap<_, _>>>()?;
-    let run = RunSize::new(Duration::batches(setup.pretrain_steps));
+    // The schedules are resolved by the trainer, against the same run length as the LR.
     let mix = DataMix::constant(BTreeMap::from([
         ("prose".to_owned(), 0.8),
         ("code".to_owned(), 0.1),
         ("arithmetic".to_owned(), 0.1),
-    ]))
-    .resolve(&run)?;
-    let sampler = MixtureSampler::new(streams, mix, seed)?;
+    ]));
     let collator = MlmCollator::from_special_ids(&ids, data.tokenizer.vocab_size())?;
-    let masking = schedule.resolve(&run)?;
-    let mut task = MlmTask::new(
-        sampler,
-        collator,
-        masking,
-        setup.batch,
-        setup.seq_len,
-        &data.eval,
-        0.15,
-        seed,
-        &device,
-    )?;
+    let mut config = MlmTaskConfig::new(setup.batch, setup.seq_len, schedule.clone(), mix);
+    config.seed = seed;
+    let mut task = MlmTask::new(streams, collator, &data.eval, config, &device)?;
     // MosaicBERT-style: ALiBi and GeGLU (from `alibi_starting_size`), no attention dropout.
     let config = BertConfig {
         vocab_size: data.tokenizer.vocab_size().div_ceil(8) * 8,

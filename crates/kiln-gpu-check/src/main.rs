@@ -38,7 +38,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use kiln_checkpoint::Checkpoint;
 use kiln_models::LoadOptions;
-use kiln_models::bert::{BertConfig, BertForMaskedLm};
+use kiln_models::bert::{BertConfig, BertForMaskedLm, MlmPositions, Padding};
 use kiln_models::gpt2::{Gpt2Config, Gpt2LmHead};
 use serde_json::{Value, json};
 
@@ -547,7 +547,7 @@ fn parity(
         )?;
         let dir = fixtures.join("models").join(name);
         let want = r.tensor("logits")?.to_f32()?;
-        let run_with = |d: &Device, unpad: bool| -> Result<Vec<f32>> {
+        let run_with = |d: &Device, padding: Padding| -> Result<Vec<f32>> {
             let (ids, mask) = (ints(&r, "input_ids", d)?, ints(&r, "attention_mask", d)?);
             if name.starts_with("gpt2") {
                 let m = Gpt2LmHead::load(&dir, d, LoadOptions::default())?;
@@ -559,10 +559,17 @@ fn parity(
                     .ok()
                     .map(|_| ints(&r, "token_type_ids", d))
                     .transpose()?;
-                floats(m.forward(ids, tt, Some(mask), unpad))
+                floats(m.forward(ids, tt, Some(mask), padding))
             }
         };
-        let run = |d: &Device| run_with(d, name == "mosaic_bert");
+        let run = |d: &Device| {
+            let padding = if name == "mosaic_bert" {
+                Padding::Unpadded
+            } else {
+                Padding::Padded
+            };
+            run_with(d, padding)
+        };
         let (on_dev, on_cpu) = (run(dev)?, run(&cpu)?);
         let mask: Vec<i64> = r
             .tensor("attention_mask")?
@@ -632,7 +639,7 @@ fn parity(
         });
         if name == "mosaic_bert" {
             // Diagnostic: the padded path on the device, to tell unpadding apart from the rest.
-            let padded = run_with(dev, false)?;
+            let padded = run_with(dev, Padding::Padded)?;
             let d = max_diff(&padded, &want, &mask, vocab);
             eprintln!("      padded path: |device − transformers| ≤ {d:.2e}");
             entry["padded_max_abs_diff_vs_transformers"] = json!(d);
@@ -792,7 +799,14 @@ fn train_model(dev: &Device, quick: bool, model: &str) -> Result<Vec<f64>> {
     let mut optim = AdamWConfig::new().init();
     let mut losses = Vec::new();
     for step in 0..20 {
-        let loss = bert.loss(inp.clone(), None, None, lab.clone(), false, true);
+        let loss = bert.loss(
+            inp.clone(),
+            None,
+            None,
+            lab.clone(),
+            Padding::Padded,
+            MlmPositions::MaskedOnly,
+        );
         losses.push(scalar(loss.clone()));
         progress(&format!("step {step}: forward, loss {:.4}", losses[step]));
         let grads = GradientsParams::from_grads(loss.backward(), &bert);
@@ -905,7 +919,14 @@ fn measure(args: &[String]) -> Result<Value> {
                 &device,
             );
             Box::new(move || {
-                let loss = m.loss(ids.clone(), None, None, labels.clone(), false, false);
+                let loss = m.loss(
+                    ids.clone(),
+                    None,
+                    None,
+                    labels.clone(),
+                    Padding::Padded,
+                    MlmPositions::All,
+                );
                 let grads = GradientsParams::from_grads(loss.clone().backward(), &m);
                 m = optim.step(1e-4, m.clone(), grads);
                 scalar(loss)

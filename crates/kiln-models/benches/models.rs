@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
-use kiln_models::bert::{BertConfig, BertForMaskedLm};
+use kiln_models::bert::{BertConfig, BertForMaskedLm, MlmPositions, Padding};
 use kiln_models::gpt2::{Gpt2Config, Gpt2LmHead};
 
 const BATCH: usize = 4;
@@ -82,7 +82,7 @@ fn main() {
     let x = ids(cfg.vocab_size, &dev);
     let mask = Tensor::<2, Int>::ones([BATCH, SEQ], &dev);
     let fwd = time(reps, || {
-        let l = model.forward(x.clone(), None, Some(mask.clone()), false);
+        let l = model.forward(x.clone(), None, Some(mask.clone()), Padding::Padded);
         let _: f32 = l.sum().into_scalar();
     });
     let model = BertForMaskedLm::init(&cfg, &adev).unwrap();
@@ -100,7 +100,14 @@ fn main() {
         .collect();
     let la = Tensor::<2, Int>::from_data(TensorData::new(labels, [BATCH, SEQ]), &adev);
     let fwd_bwd = time(reps, || {
-        let loss = model.loss(xa.clone(), None, Some(ma.clone()), la.clone(), false, false);
+        let loss = model.loss(
+            xa.clone(),
+            None,
+            Some(ma.clone()),
+            la.clone(),
+            Padding::Padded,
+            MlmPositions::All,
+        );
         let _ = loss.backward();
     });
     out.insert("bert_params".into(), cfg.num_params().into());

@@ -23,7 +23,7 @@ use kiln_checkpoint::Checkpoint;
 
 use crate::bert::{
     BertConfig, BertForMaskedLm, BertForSequenceClassification, BertForTokenClassification,
-    BertWithPooler,
+    BertWithPooler, Padding,
 };
 use crate::common::config_path;
 use crate::error::{Error, Result, config_err};
@@ -452,7 +452,7 @@ impl AutoModel {
             ),
             Self::BertMaskedLm(m) => {
                 let tt = types(m.bert.config.type_vocab_size, "type_vocab_size")?;
-                (m.forward(ids_t, tt, Some(mask_t), false), false)
+                (m.forward(ids_t, tt, Some(mask_t), Padding::Padded), false)
             }
             Self::BertTokenClassification(m) => {
                 let tt = types(m.bert.config.type_vocab_size, "type_vocab_size")?;

@@ -534,7 +534,7 @@ impl BertModel {
 
     /// Hidden states `[B, L, d]`.
     ///
-    /// `attention_mask` is `[B, L]`, 1 for real tokens and 0 for padding. With `unpad`, per-token
+    /// `attention_mask` is `[B, L]`, 1 for real tokens and 0 for padding. With [`Padding::Unpadded`], per-token
     /// work (projections, MLP, LayerNorms) runs only on real tokens (MosaicBERT's unpadding) and
     /// padded positions come back as zeros; real positions agree with the padded path to float
     /// tolerance.
@@ -547,13 +547,13 @@ impl BertModel {
         input_ids: Tensor<2, Int>,
         token_type_ids: Option<Tensor<2, Int>>,
         attention_mask: Option<Tensor<2, Int>>,
-        unpad: bool,
+        padding: Padding,
     ) -> Tensor<3> {
         self.forward_layers(
             input_ids,
             token_type_ids,
             attention_mask,
-            unpad,
+            padding,
             self.layers.len(),
         )
     }
@@ -567,7 +567,7 @@ impl BertModel {
         input_ids: Tensor<2, Int>,
         token_type_ids: Option<Tensor<2, Int>>,
         attention_mask: Option<Tensor<2, Int>>,
-        unpad: bool,
+        padding: Padding,
         subset: Tensor<1, Int>,
     ) -> Tensor<2> {
         let [b, l] = input_ids.dims();
@@ -576,7 +576,7 @@ impl BertModel {
             input_ids,
             token_type_ids,
             attention_mask.clone(),
-            unpad,
+            padding,
             n - 1,
         );
         let last = &self.layers[n - 1];
@@ -601,7 +601,7 @@ impl BertModel {
         input_ids: Tensor<2, Int>,
         token_type_ids: Option<Tensor<2, Int>>,
         attention_mask: Option<Tensor<2, Int>>,
-        unpad: bool,
+        padding: Padding,
         upto: usize,
     ) -> Tensor<3> {
         let [b, l] = input_ids.dims();
@@ -609,8 +609,8 @@ impl BertModel {
         let x = self.embed(input_ids, token_type_ids);
         let key_padding = attention_mask.clone().map(|m| m.equal_elem(0));
         let bias = self.attention_bias(b, l, &device);
-        match (unpad, attention_mask) {
-            (true, Some(mask)) => {
+        match (padding, attention_mask) {
+            (Padding::Unpadded, Some(mask)) => {
                 let indices = mask
                     .reshape([b * l])
                     .not_equal_elem(0)
@@ -898,7 +898,7 @@ impl BertWithPooler {
     ) -> (Tensor<3>, Tensor<2>) {
         let h = self
             .bert
-            .forward(input_ids, token_type_ids, attention_mask, false);
+            .forward(input_ids, token_type_ids, attention_mask, Padding::Padded);
         let pooled = self.pooler.forward(h.clone());
         (h, pooled)
     }
@@ -920,6 +920,28 @@ pub struct BertForMaskedLm {
 
 /// Label value of positions that are not predicted (as in transformers).
 pub const IGNORE_INDEX: i64 = -100;
+
+/// How the encoder treats padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Padding {
+    /// Every position goes through every layer (transformers' BERT).
+    #[default]
+    Padded,
+    /// MosaicBERT's unpadding: the per-token work (projections, MLP, LayerNorms) runs on real
+    /// tokens only; padded positions come back as zeros. Needs an attention mask.
+    Unpadded,
+}
+
+/// Which positions the MLM head runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MlmPositions {
+    /// Every position (the logits of all tokens).
+    #[default]
+    All,
+    /// Masked positions only: the last layer's attention output and MLP and the head skip the
+    /// others (MosaicBERT's shortcut; the loss is the same).
+    MaskedOnly,
+}
 
 /// Mean cross-entropy over the rows whose label is not [`IGNORE_INDEX`].
 fn cross_entropy_ignoring(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
@@ -973,56 +995,85 @@ impl BertForMaskedLm {
         input_ids: Tensor<2, Int>,
         token_type_ids: Option<Tensor<2, Int>>,
         attention_mask: Option<Tensor<2, Int>>,
-        unpad: bool,
+        padding: Padding,
     ) -> Tensor<3> {
         self.head(
             self.bert
-                .forward(input_ids, token_type_ids, attention_mask, unpad),
+                .forward(input_ids, token_type_ids, attention_mask, padding),
         )
     }
 
     /// Mean cross-entropy over positions whose label is not [`IGNORE_INDEX`] (nats).
     ///
-    /// With `masked_only`, the final layer's attention output and MLP and the prediction head run
-    /// only on those positions (MosaicBERT's
-    /// final-layer shortcut; the loss is the same).
+    /// With [`MlmPositions::MaskedOnly`], the final layer's attention output and MLP and the
+    /// prediction head run only on those positions (MosaicBERT's final-layer shortcut; the loss
+    /// is the same).
     pub fn loss(
         &self,
         input_ids: Tensor<2, Int>,
         token_type_ids: Option<Tensor<2, Int>>,
         attention_mask: Option<Tensor<2, Int>>,
         labels: Tensor<2, Int>,
-        unpad: bool,
-        masked_only: bool,
+        padding: Padding,
+        positions: MlmPositions,
     ) -> Tensor<1> {
+        self.loss_with_logits(
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            labels,
+            padding,
+            positions,
+        )
+        .0
+    }
+
+    /// [`loss`](Self::loss) with the logits it came from: `(loss, logits [N, vocab], targets
+    /// [N])`, where the rows are every position in row-major order (targets [`IGNORE_INDEX`]
+    /// where not masked) or, with [`MlmPositions::MaskedOnly`], the masked positions only.
+    pub fn loss_with_logits(
+        &self,
+        input_ids: Tensor<2, Int>,
+        token_type_ids: Option<Tensor<2, Int>>,
+        attention_mask: Option<Tensor<2, Int>>,
+        labels: Tensor<2, Int>,
+        padding: Padding,
+        positions: MlmPositions,
+    ) -> (Tensor<1>, Tensor<2>, Tensor<1, Int>) {
         let [b, l] = labels.dims();
         let labels = labels.reshape([b * l]);
-        let selected = labels.clone().not_equal_elem(IGNORE_INDEX);
-        if masked_only {
+        let vocab = self.bert.config.vocab_size;
+        if positions == MlmPositions::MaskedOnly {
             // The last layer's attention output and MLP, and the head, run on masked tokens only.
+            let selected = labels.clone().not_equal_elem(IGNORE_INDEX);
             let idx = selected.argwhere().reshape([-1]);
             let n = idx.dims()[0];
             let h = self.bert.forward_subset(
                 input_ids,
                 token_type_ids,
                 attention_mask,
-                unpad,
+                padding,
                 idx.clone(),
             );
-            let logits = self
-                .head(h.unsqueeze())
-                .reshape([n, self.bert.config.vocab_size]);
-            return cross_entropy(logits, labels.select(0, idx));
+            let logits = self.head(h.unsqueeze()).reshape([n, vocab]);
+            let targets = labels.select(0, idx);
+            return (
+                cross_entropy(logits.clone(), targets.clone()),
+                logits,
+                targets,
+            );
         }
         let h = self
             .bert
-            .forward(input_ids, token_type_ids, attention_mask, unpad);
+            .forward(input_ids, token_type_ids, attention_mask, padding);
         let d = h.dims()[2];
         let flat = h.reshape([b * l, d]);
-        let logits = self
-            .head(flat.unsqueeze())
-            .reshape([b * l, self.bert.config.vocab_size]);
-        cross_entropy_ignoring(logits, labels)
+        let logits = self.head(flat.unsqueeze()).reshape([b * l, vocab]);
+        (
+            cross_entropy_ignoring(logits.clone(), labels.clone()),
+            logits,
+            labels,
+        )
     }
 
     /// Loads an HF `BertForMaskedLM` (or MosaicBERT) directory.
@@ -1244,14 +1295,12 @@ impl BertForTokenClassification {
         attention_mask: Option<Tensor<2, Int>>,
     ) -> Tensor<3> {
         self.classifier
-            .forward(
-                self.dropout.forward(self.bert.forward(
-                    input_ids,
-                    token_type_ids,
-                    attention_mask,
-                    false,
-                )),
-            )
+            .forward(self.dropout.forward(self.bert.forward(
+                input_ids,
+                token_type_ids,
+                attention_mask,
+                Padding::Padded,
+            )))
     }
 
     /// Mean cross-entropy over tokens whose label is not [`IGNORE_INDEX`].

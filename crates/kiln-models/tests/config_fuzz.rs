@@ -3,7 +3,7 @@
 //! never a panic inside burn (review finding: `num_hidden_layers = 0`, a zero vocabulary or zero
 //! positions passed validation and then panicked at `n - 1`).
 
-use kiln_models::bert::{BertConfig, BertForMaskedLm};
+use kiln_models::bert::{BertConfig, BertForMaskedLm, Padding};
 use kiln_models::burn::prelude::*;
 use kiln_models::burn::tensor::TensorData;
 use kiln_models::gpt2::{Gpt2Config, Gpt2LmHead};
@@ -41,7 +41,7 @@ proptest! {
                 let device = Device::flex();
                 let model = BertForMaskedLm::init(&config, &device).unwrap();
                 let l = if alibi { 3 } else { positions.min(3) };
-                let logits = model.forward(ids(vocab, 2, l), None, None, false);
+                let logits = model.forward(ids(vocab, 2, l), None, None, Padding::Padded);
                 prop_assert_eq!(logits.dims(), [2, l, vocab]);
             }
         }

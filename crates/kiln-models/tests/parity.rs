@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use kiln_checkpoint::{Checkpoint, Dtype};
 use kiln_models::bert::{
     BertForMaskedLm, BertForSequenceClassification, BertForTokenClassification, BertWithPooler,
-    SequenceLabels, alibi_slopes,
+    MlmPositions, Padding, SequenceLabels, alibi_slopes,
 };
 use kiln_models::burn::prelude::*;
 use kiln_models::burn::tensor::TensorData;
@@ -202,21 +202,26 @@ fn bert_matches_transformers() {
         ints(&r, "token_type_ids"),
         ints(&r, "attention_mask"),
     );
-    let logits = m.forward(ids.clone(), Some(tt.clone()), Some(mask.clone()), false);
+    let logits = m.forward(
+        ids.clone(),
+        Some(tt.clone()),
+        Some(mask.clone()),
+        Padding::Padded,
+    );
     close(
         &values(logits),
         &floats(&r, "logits").0,
         1e-4,
         "bert mlm logits",
     );
-    for masked_only in [false, true] {
+    for positions in [MlmPositions::All, MlmPositions::MaskedOnly] {
         let loss = m.loss(
             ids.clone(),
             Some(tt.clone()),
             Some(mask.clone()),
             ints(&r, "labels"),
-            false,
-            masked_only,
+            Padding::Padded,
+            positions,
         );
         close(&values(loss), &floats(&r, "loss").0, 1e-5, "bert mlm loss");
     }
@@ -347,8 +352,8 @@ fn low_precision_layernorm_matches_lplayernorm() {
             moved > 5e-3,
             "{name}: the low precision must show ({moved})"
         );
-        for unpad in [true, false] {
-            let got = values(m.forward(ids.clone(), Some(tt.clone()), Some(mask.clone()), unpad));
+        for padding in [Padding::Unpadded, Padding::Padded] {
+            let got = values(m.forward(ids.clone(), Some(tt.clone()), Some(mask.clone()), padding));
             // Compare real tokens (padded positions differ between the two paths).
             let real = real_rows(&got, &mask, want.len());
             close(&real, &real_rows(&want, &mask, want.len()), 2e-4, name);
@@ -392,15 +397,20 @@ fn mosaic_bert_matches_the_transcription_padded_and_unpadded() {
     let (want_h, shape) = floats(&r, "last_hidden_state");
     let d = shape[2];
     // Unpadded: zeros at padded positions, as MosaicBERT.
-    let h = m
-        .bert
-        .forward(ids.clone(), Some(tt.clone()), Some(mask.clone()), true);
+    let h = m.bert.forward(
+        ids.clone(),
+        Some(tt.clone()),
+        Some(mask.clone()),
+        Padding::Unpadded,
+    );
     close(&values(h), &want_h, 1e-4, "mosaic hidden (unpadded)");
     // Padded: equal on real tokens.
-    let hp = values(
-        m.bert
-            .forward(ids.clone(), Some(tt.clone()), Some(mask.clone()), false),
-    );
+    let hp = values(m.bert.forward(
+        ids.clone(),
+        Some(tt.clone()),
+        Some(mask.clone()),
+        Padding::Padded,
+    ));
     let real = |v: &[f32]| -> Vec<f32> {
         v.chunks(d)
             .zip(&mask_v)
@@ -414,21 +424,30 @@ fn mosaic_bert_matches_the_transcription_padded_and_unpadded() {
         1e-4,
         "mosaic hidden (padded, real tokens)",
     );
-    let logits = m.forward(ids.clone(), Some(tt.clone()), Some(mask.clone()), true);
+    let logits = m.forward(
+        ids.clone(),
+        Some(tt.clone()),
+        Some(mask.clone()),
+        Padding::Unpadded,
+    );
     close(
         &values(logits),
         &floats(&r, "logits").0,
         1e-4,
         "mosaic logits",
     );
-    for (unpad, masked_only) in [(true, true), (false, false), (true, false)] {
+    for (padding, positions) in [
+        (Padding::Unpadded, MlmPositions::MaskedOnly),
+        (Padding::Padded, MlmPositions::All),
+        (Padding::Unpadded, MlmPositions::All),
+    ] {
         let loss = m.loss(
             ids.clone(),
             Some(tt.clone()),
             Some(mask.clone()),
             ints(&r, "labels"),
-            unpad,
-            masked_only,
+            padding,
+            positions,
         );
         close(&values(loss), &floats(&r, "loss").0, 1e-5, "mosaic loss");
     }

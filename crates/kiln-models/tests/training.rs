@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use burn::optim::{AdamWConfig, GradientsParams};
 use kiln_checkpoint::Checkpoint;
 use kiln_models::LoadOptions;
-use kiln_models::bert::BertForMaskedLm;
+use kiln_models::bert::{BertForMaskedLm, MlmPositions, Padding};
 use kiln_models::burn::prelude::*;
 use kiln_models::burn::tensor::TensorData;
 use kiln_models::gpt2::{Gpt2LmHead, Gpt2MultipleChoice};
@@ -124,7 +124,11 @@ fn one_step_lowers_the_mlm_loss_for_bert_and_mosaic_bert() {
         let tt = ints::<2>(&r, "token_type_ids", &device);
         let mask = ints::<2>(&r, "attention_mask", &device);
         let labels = ints::<2>(&r, "labels", &device);
-        let unpad = name == "mosaic_bert";
+        let padding = if name == "mosaic_bert" {
+            Padding::Unpadded
+        } else {
+            Padding::Padded
+        };
         let e = eval();
         let (ids_e, tt_e, mask_e, labels_e) = (
             ints::<2>(&r, "input_ids", &e),
@@ -138,8 +142,8 @@ fn one_step_lowers_the_mlm_loss_for_bert_and_mosaic_bert() {
                 Some(tt_e.clone()),
                 Some(mask_e.clone()),
                 labels_e.clone(),
-                unpad,
-                false,
+                padding,
+                MlmPositions::All,
             ))
         };
         let before = eval(&model);
@@ -148,8 +152,8 @@ fn one_step_lowers_the_mlm_loss_for_bert_and_mosaic_bert() {
             Some(tt.clone()),
             Some(mask.clone()),
             labels.clone(),
-            unpad,
-            true,
+            padding,
+            MlmPositions::MaskedOnly,
         );
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let model = AdamWConfig::new().init().step(1e-2, model, grads);
@@ -178,14 +182,14 @@ fn unpadded_and_padded_mosaic_bert_have_the_same_gradients() {
     let tt = ints::<2>(&r, "token_type_ids", &device);
     let mask = ints::<2>(&r, "attention_mask", &device);
     let labels = ints::<2>(&r, "labels", &device);
-    let grads_of = |unpad: bool| {
+    let grads_of = |padding: Padding| {
         let loss = model.loss(
             ids.clone(),
             Some(tt.clone()),
             Some(mask.clone()),
             labels.clone(),
-            unpad,
-            false,
+            padding,
+            MlmPositions::All,
         );
         let grads = loss.backward();
         let word = model.bert.word_embeddings.weight.grad(&grads).unwrap();
@@ -198,8 +202,8 @@ fn unpadded_and_padded_mosaic_bert_have_the_same_gradients() {
         };
         (v(word), v(qkv))
     };
-    let (w1, q1) = grads_of(true);
-    let (w2, q2) = grads_of(false);
+    let (w1, q1) = grads_of(Padding::Unpadded);
+    let (w2, q2) = grads_of(Padding::Padded);
     let worst = |a: &[f32], b: &[f32]| {
         a.iter()
             .zip(b)

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use kiln_models::bert::{BertConfig, BertForMaskedLm};
+use kiln_models::bert::{BertConfig, BertForMaskedLm, MlmPositions, Padding};
 use kiln_train::OptimizerConfig;
 use kiln_train::optim::clip_grad_norm;
 
@@ -68,8 +68,8 @@ fn main() {
                 None,
                 Some(mask.clone()),
                 labels.clone(),
-                false,
-                false,
+                Padding::Padded,
+                MlmPositions::All,
             );
             let mut grads = GradientsParams::from_grads(loss.backward(), &model);
             clip_grad_norm(&model, &mut grads, 1.0);

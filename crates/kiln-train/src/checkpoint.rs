@@ -1,5 +1,6 @@
 //! Checkpoints: `run_dir/checkpoints/step-<N>/` holding the model and optimiser (burnpack), the
-//! trainer state (JSON) and a manifest of every file's size and FNV-1a hash.
+//! trainer state (JSON), the algorithms' tensors (`algorithms.safetensors`, when there are any)
+//! and a manifest of every file's size and FNV-1a hash.
 //!
 //! A checkpoint directory is written into a temporary sibling, fsynced and renamed into place
 //! ([`kiln_checkpoint::AtomicDir`]), so it is either complete or absent. When resuming, the
@@ -18,6 +19,8 @@ pub const MODEL_FILE: &str = "model.bpk";
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
 /// Trainer state file.
 pub const STATE_FILE: &str = "state.json";
+/// Algorithms' checkpointed tensors (`<algorithm>/<tensor>`), when any algorithm has some.
+pub const ALGORITHMS_FILE: &str = "algorithms.safetensors";
 /// Manifest file.
 pub const MANIFEST_FILE: &str = "manifest.json";
 

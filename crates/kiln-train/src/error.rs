@@ -59,10 +59,12 @@ pub enum Error {
 
     /// Data failed.
     #[error(transparent)]
+    #[cfg(feature = "tasks")]
     Data(#[from] kiln_data::Error),
 
     /// A model failed.
     #[error(transparent)]
+    #[cfg(feature = "tasks")]
     Model(#[from] kiln_models::Error),
 
     /// Writing output failed.

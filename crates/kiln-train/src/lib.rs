@@ -10,7 +10,7 @@
 //! ```
 //! use std::collections::BTreeMap;
 //! use kiln_train::burn::{nn::{Linear, LinearConfig}, prelude::*, tensor::Device};
-//! use kiln_train::{BatchSize, OptimizerConfig, TrainState, TrainTask, Trainer, TrainerConfig};
+//! use kiln_train::{BatchSize, OptimizerConfig, StepOutput, TrainState, TrainTask, Trainer, TrainerConfig};
 //!
 //! // Fit y = 3x − 1 with one Linear layer.
 //! struct Line;
@@ -22,8 +22,8 @@
 //!         let y = x.clone().mul_scalar(3.0).sub_scalar(1.0);
 //!         Ok(((x, y), BatchSize { samples: 4, tokens: 4 }))
 //!     }
-//!     fn loss(&mut self, m: &Linear, (x, y): Self::Batch) -> kiln_train::Result<Tensor<1>> {
-//!         Ok((m.forward(x) - y).powi_scalar(2).mean())
+//!     fn forward(&mut self, m: &Linear, (x, y): Self::Batch) -> kiln_train::Result<StepOutput> {
+//!         Ok((m.forward(x) - y).powi_scalar(2).mean().into())
 //!     }
 //!     fn evaluate(&mut self, m: &Linear, _: &TrainState) -> kiln_train::Result<BTreeMap<String, f64>> {
 //!         let w = m.valid().weight.val().into_data().try_to_vec::<f32>().unwrap()[0];
@@ -47,9 +47,20 @@
 //!   throughput, the task's own metrics such as `masking_rate` and `tokens/<domain>`, and
 //!   whatever algorithms add) and per evaluation (`split: "eval"`).
 //! - `checkpoints/step-<N>/` every `save_interval` and at the end: `model.bpk`, `optimizer.bpk`
-//!   (burnpack), `state.json` (trainer state, data position, algorithm states) and a manifest
-//!   of sizes and hashes. Directories are committed atomically; the newest `keep_last_n` are
-//!   kept.
+//!   (burnpack), `state.json` (trainer state, data position, algorithm states),
+//!   `algorithms.safetensors` (algorithms' tensors, when they have some) and a manifest of sizes
+//!   and hashes. Directories are committed atomically; the newest `keep_last_n` are kept.
+//!
+//! # The contract with tasks and algorithms
+//! - The run's length is resolved once, by the trainer ([`RunPlan`]), and handed to the task
+//!   ([`TrainTask::prepare`]) and to every algorithm ([`Context::run`]): the masking-rate and
+//!   data-mix schedules of a task count the same steps as the LR schedule.
+//! - A task's forward pass returns a [`StepOutput`]: the loss, and optionally per-example
+//!   losses, logits with targets ([`Predictions`]), the model inputs and dataset example ids.
+//!   Algorithms see it at [`Event::AfterForward`] and may change the loss at
+//!   [`Event::AfterLoss`] (distillation, penalties, difficulty scores plug in here).
+//! - Algorithms checkpoint JSON ([`Algorithm::state`]) and tensors
+//!   ([`Algorithm::tensor_state`], a [`TensorState`]) inside the atomic training checkpoint.
 //!
 //! # Resuming
 //! With `autoresume` (the default), `fit` loads the newest checkpoint that verifies against its
@@ -59,23 +70,30 @@
 //! restart are the ones an uninterrupted run would have logged (`tests/autoresume.rs` kills a
 //! run mid-way and checks this bit for bit).
 //!
-//! # Devices
-//! [`device_from_name`] and [`device_from_env`] turn `--device cpu|cuda[:N]|wgpu` or
-//! `KILN_DEVICE` into a burn device (burn's flex backend by default; CUDA with the `cuda`
-//! feature, wgpu with the `wgpu` feature).
+//! # Feature flags
+//! - `tasks` (default): [`tasks`] (MLM pretraining and classification for kiln-models) and the
+//!   device helpers `device_from_name` / `device_from_env` (`--device cpu|cuda[:N]|wgpu` or
+//!   `KILN_DEVICE`). Turn default features off to plug an algorithm into the trainer without
+//!   compiling GPT-2, BERT and tokenizers.
+//! - `cuda`, `wgpu`: burn's CUDA and wgpu backends.
 
 #![warn(missing_docs)]
 
 pub mod checkpoint;
 mod error;
 pub mod optim;
+pub mod params;
+mod step;
+#[cfg(feature = "tasks")]
 pub mod tasks;
 mod trainer;
 
 pub use burn;
 pub use error::{Error, Result};
+#[cfg(feature = "tasks")]
 pub use kiln_models::{device_from_env, device_from_name};
 pub use optim::OptimizerConfig;
+pub use step::{IGNORE_INDEX, ModelInputs, Predictions, RunPlan, StepOutput, TensorState};
 pub use trainer::{
     Algorithm, BatchSize, Context, DataSize, Event, FitOutcome, TrainState, TrainTask, Trainer,
     TrainerConfig,

@@ -4,14 +4,17 @@
 use std::collections::BTreeMap;
 
 use burn::module::Module;
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_data::mixture::{MixtureSampler, MixtureState};
 use kiln_data::mlm::{MlmBatch, MlmCollator};
-use kiln_models::bert::{BertForMaskedLm, BertForSequenceClassification, SequenceLabels};
-use kiln_schedules::ResolvedMasking;
+use kiln_data::packing::SequenceStream;
+use kiln_models::bert::{BertForMaskedLm, BertForSequenceClassification, MlmPositions, Padding};
+use kiln_schedules::{DataMix, MaskingSchedule, ResolvedMasking};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::step::{ModelInputs, Predictions, RunPlan, StepOutput};
 use crate::trainer::{BatchSize, DataSize, TrainState, TrainTask};
 
 fn ints(v: &[i64], shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
@@ -25,66 +28,94 @@ fn to_f32(t: Tensor<2>) -> Vec<f32> {
         .unwrap_or_default()
 }
 
-/// Masked-LM pretraining: sequences from a [`MixtureSampler`], masked at the rate a masking
-/// schedule gives for the current step (Ankner et al.), evaluated at a fixed rate on held-out
-/// batches collated once.
+/// Settings of an [`MlmTask`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlmTaskConfig {
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// The masking-rate schedule (Ankner et al.), resolved against the trainer's run length.
+    pub masking: MaskingSchedule,
+    /// The data mix over the domains, resolved against the trainer's run length.
+    pub mix: DataMix,
+    /// Masking rate of the evaluation batches (0.15 in the paper).
+    pub eval_rate: f64,
+    /// Seed of the sampler and of the masking.
+    pub seed: u64,
+    /// Where the MLM head runs ([`MlmPositions::MaskedOnly`]: MosaicBERT's shortcut).
+    pub positions: MlmPositions,
+    /// How the encoder treats padding ([`Padding::Unpadded`]: MosaicBERT's unpadding).
+    pub padding: Padding,
+}
+
+impl MlmTaskConfig {
+    /// `batch_size` sequences of `seq_len` tokens, masked by `masking`, drawn from `mix`;
+    /// evaluation at 15%, seed 0, every position, padded.
+    pub fn new(batch_size: usize, seq_len: usize, masking: MaskingSchedule, mix: DataMix) -> Self {
+        Self {
+            batch_size,
+            seq_len,
+            masking,
+            mix,
+            eval_rate: 0.15,
+            seed: 0,
+            positions: MlmPositions::All,
+            padding: Padding::Padded,
+        }
+    }
+}
+
+/// Masked-LM pretraining: sequences from a mixture of domain streams, masked at the rate a
+/// masking schedule gives for the current step (Ankner et al.), evaluated at a fixed rate on
+/// held-out batches collated once. The masking schedule and the data mix are resolved in
+/// [`TrainTask::prepare`], against the run length the trainer resolved.
 pub struct MlmTask {
-    sampler: MixtureSampler,
+    streams: BTreeMap<String, SequenceStream>,
+    sampler: Option<MixtureSampler>,
     collator: MlmCollator,
-    masking: ResolvedMasking,
-    batch_size: usize,
-    seq_len: usize,
+    masking: Option<ResolvedMasking>,
+    config: MlmTaskConfig,
     eval_batches: Vec<MlmBatch>,
     device: Device,
-    /// Run the final layer and head on masked tokens only (MosaicBERT's shortcut).
-    pub masked_only: bool,
-    /// Skip padding inside the encoder (MosaicBERT's unpadding).
-    pub unpad: bool,
-    seed: u64,
     last_rate: f64,
 }
 
 impl MlmTask {
-    /// A task drawing `batch_size` sequences of `seq_len` per micro-batch.
+    /// A task over `streams` (one per domain of `config.mix`).
     ///
-    /// `eval` holds held-out sequences; they are masked once at `eval_rate` (0.15 in the paper)
-    /// with fixed seeds and split into batches of `batch_size`.
+    /// `eval` holds held-out sequences; they are masked once at `config.eval_rate` with fixed
+    /// seeds and split into batches of `config.batch_size`.
     ///
     /// # Errors
-    /// [`Error::Config`] for an empty evaluation set or a zero batch size; collation errors.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Error::Config`] for an empty evaluation set, a zero batch size or sequence length;
+    /// collation errors.
     pub fn new(
-        sampler: MixtureSampler,
+        streams: BTreeMap<String, SequenceStream>,
         collator: MlmCollator,
-        masking: ResolvedMasking,
-        batch_size: usize,
-        seq_len: usize,
         eval: &[Vec<u32>],
-        eval_rate: f64,
-        seed: u64,
+        config: MlmTaskConfig,
         device: &Device,
     ) -> Result<Self> {
-        if batch_size == 0 || eval.is_empty() {
+        if config.batch_size == 0 || config.seq_len == 0 || eval.is_empty() {
             return Err(Error::Config {
-                message: "MLM task: batch_size and the evaluation set must not be empty".into(),
+                message: "MLM task: batch_size, seq_len and the evaluation set must not be empty"
+                    .into(),
             });
         }
         let eval_batches = eval
-            .chunks(batch_size)
+            .chunks(config.batch_size)
             .enumerate()
-            .map(|(i, c)| collator.collate(c, eval_rate, 0xE7A1 + i as u64))
+            .map(|(i, c)| collator.collate(c, config.eval_rate, 0xE7A1 + i as u64))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            sampler,
+            streams,
+            sampler: None,
             collator,
-            masking,
-            batch_size,
-            seq_len,
+            masking: None,
+            config,
             eval_batches,
             device: device.clone(),
-            masked_only: false,
-            unpad: false,
-            seed,
             last_rate: f64::NAN,
         })
     }
@@ -94,9 +125,18 @@ impl MlmTask {
         self.last_rate
     }
 
-    /// The sampler (per-domain statistics).
-    pub fn sampler(&self) -> &MixtureSampler {
-        &self.sampler
+    /// The sampler (per-domain statistics), once the run is prepared.
+    pub fn sampler(&self) -> Option<&MixtureSampler> {
+        self.sampler.as_ref()
+    }
+
+    fn prepared(&mut self) -> Result<(&mut MixtureSampler, &ResolvedMasking)> {
+        match (self.sampler.as_mut(), self.masking.as_ref()) {
+            (Some(s), Some(m)) => Ok((s, m)),
+            _ => Err(Error::Config {
+                message: "MLM task used before the trainer prepared it (TrainTask::prepare)".into(),
+            }),
+        }
     }
 
     fn tensors(
@@ -119,9 +159,20 @@ impl TrainTask<BertForMaskedLm> for MlmTask {
     fn data_size(&self) -> DataSize {
         DataSize {
             steps_per_epoch: None,
-            samples_per_step: Some(self.batch_size as u64),
-            tokens_per_step: Some((self.batch_size * self.seq_len) as u64),
+            samples_per_step: Some(self.config.batch_size as u64),
+            tokens_per_step: Some((self.config.batch_size * self.config.seq_len) as u64),
         }
+    }
+
+    fn prepare(&mut self, run: &RunPlan) -> Result<()> {
+        self.masking = Some(self.config.masking.resolve(&run.size)?);
+        let mix = self.config.mix.resolve(&run.size)?;
+        self.sampler = Some(MixtureSampler::new(
+            self.streams.clone(),
+            mix,
+            self.config.seed,
+        )?);
+        Ok(())
     }
 
     fn next_batch(
@@ -130,18 +181,19 @@ impl TrainTask<BertForMaskedLm> for MlmTask {
         micro: usize,
         micros: usize,
     ) -> Result<(MlmBatch, BatchSize)> {
-        let rate = self.masking.rate(state.step as f64);
-        self.last_rate = rate;
+        let (batch_size, seed) = (self.config.batch_size, self.config.seed);
+        let (sampler, masking) = self.prepared()?;
+        let rate = masking.rate(state.step as f64);
         // Slots of a step are numbered across its micro-batches.
-        let seqs: Vec<Vec<u32>> = self
-            .sampler
-            .batch(state.step * micros as u64 + micro as u64, self.batch_size)
+        let seqs: Vec<Vec<u32>> = sampler
+            .batch(state.step * micros as u64 + micro as u64, batch_size)
             .into_iter()
             .map(|(_, s)| s)
             .collect();
+        self.last_rate = rate;
         let b = self
             .collator
-            .collate(&seqs, rate, self.seed ^ (state.step << 8 | micro as u64))?;
+            .collate(&seqs, rate, seed ^ (state.step << 8 | micro as u64))?;
         let size = BatchSize {
             samples: b.batch as u64,
             tokens: b.num_tokens() as u64,
@@ -149,9 +201,36 @@ impl TrainTask<BertForMaskedLm> for MlmTask {
         Ok((b, size))
     }
 
-    fn loss(&mut self, model: &BertForMaskedLm, b: MlmBatch) -> Result<Tensor<1>> {
+    /// The loss, the logits of the positions the head ran on (every position, or the masked ones)
+    /// with their targets and rows, and the inputs. Sequences come from an endless mixture of
+    /// streams, so there are no dataset example ids.
+    fn forward(&mut self, model: &BertForMaskedLm, b: MlmBatch) -> Result<StepOutput> {
         let (ids, mask, labels) = self.tensors(&b, &self.device);
-        Ok(model.loss(ids, None, Some(mask), labels, self.unpad, self.masked_only))
+        let (loss, logits, targets) = model.loss_with_logits(
+            ids.clone(),
+            None,
+            Some(mask.clone()),
+            labels,
+            self.config.padding,
+            self.config.positions,
+        );
+        let rows: Vec<usize> = match self.config.positions {
+            MlmPositions::MaskedOnly => b
+                .labels
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| **l != kiln_data::mlm::IGNORE_INDEX)
+                .map(|(i, _)| i / b.seq_len)
+                .collect(),
+            MlmPositions::All => (0..b.batch * b.seq_len).map(|i| i / b.seq_len).collect(),
+        };
+        Ok(StepOutput::new(loss)
+            .with_predictions(Predictions::rows(logits, targets, rows)?)
+            .with_inputs(ModelInputs {
+                input_ids: ids,
+                attention_mask: Some(mask),
+                token_type_ids: None,
+            }))
     }
 
     fn evaluate(
@@ -174,7 +253,7 @@ impl TrainTask<BertForMaskedLm> for MlmTask {
             if idx.is_empty() {
                 continue;
             }
-            let logits = valid.forward(ids, None, Some(mask), self.unpad);
+            let logits = valid.forward(ids, None, Some(mask), self.config.padding);
             let v = logits.dims()[2];
             let picked = logits.reshape([b.batch * b.seq_len, v]).select(
                 0,
@@ -210,31 +289,34 @@ impl TrainTask<BertForMaskedLm> for MlmTask {
 
     fn metrics(&self) -> BTreeMap<String, f64> {
         let mut m = BTreeMap::from([("masking_rate".to_owned(), self.last_rate)]);
-        for (name, s) in self.sampler.stats() {
-            m.insert(format!("tokens/{name}"), s.tokens as f64);
-            m.insert(format!("epochs/{name}"), s.epochs);
+        if let Some(sampler) = &self.sampler {
+            for (name, s) in sampler.stats() {
+                m.insert(format!("tokens/{name}"), s.tokens as f64);
+                m.insert(format!("epochs/{name}"), s.epochs);
+            }
         }
         m
     }
 
     fn epoch(&self) -> f64 {
         // The largest repetition among the domains.
-        self.sampler
-            .stats()
-            .values()
-            .map(|s| s.epochs)
-            .fold(0.0, f64::max)
+        self.sampler.as_ref().map_or(0.0, |s| {
+            s.stats().values().map(|s| s.epochs).fold(0.0, f64::max)
+        })
     }
 
     fn data_state(&self) -> Value {
-        serde_json::to_value(self.sampler.state()).expect("state serialises")
+        self.sampler.as_ref().map_or(Value::Null, |s| {
+            serde_json::to_value(s.state()).expect("state serialises")
+        })
     }
 
     fn restore_data_state(&mut self, state: &Value) -> Result<()> {
         let s: MixtureState = serde_json::from_value(state.clone()).map_err(|e| Error::Config {
             message: format!("checkpointed data state: {e}"),
         })?;
-        Ok(self.sampler.restore(&s)?)
+        let (sampler, _) = self.prepared()?;
+        Ok(sampler.restore(&s)?)
     }
 }
 
@@ -258,6 +340,7 @@ pub struct ClassificationTask {
     device: Device,
     cursor: u64,
     order: (u64, Vec<u32>),
+    checked: bool,
 }
 
 impl ClassificationTask {
@@ -286,7 +369,56 @@ impl ClassificationTask {
             device: device.clone(),
             cursor: 0,
             order,
+            checked: false,
         })
+    }
+
+    /// Checks every sequence against the model once: token ids below `vocab_size`, lengths
+    /// within the learned positions, labels below the number of outputs, the pad id in the
+    /// vocabulary — so bad data is an error naming the example, not a panic inside burn.
+    fn check(&mut self, model: &BertForSequenceClassification) -> Result<()> {
+        if self.checked {
+            return Ok(());
+        }
+        let c = &model.bert.bert.config;
+        let labels = model.classifier.weight.dims()[1];
+        let positions = (!c.uses_alibi()).then_some(c.max_position_embeddings);
+        let bad = |message: String| Err(Error::Config { message });
+        if self.pad_id as usize >= c.vocab_size {
+            return bad(format!(
+                "classification task: pad id {} is outside the model's vocabulary (vocab_size {})",
+                self.pad_id, c.vocab_size
+            ));
+        }
+        for (set, examples) in [("training", &self.train), ("evaluation", &self.eval)] {
+            for (i, e) in examples.iter().enumerate() {
+                if e.ids.is_empty() {
+                    return bad(format!("{set} example {i} has no tokens"));
+                }
+                if let Some(&t) = e.ids.iter().find(|&&t| t as usize >= c.vocab_size) {
+                    return bad(format!(
+                        "{set} example {i}: token id {t} is outside the model's vocabulary (vocab_size {})",
+                        c.vocab_size
+                    ));
+                }
+                if let Some(p) = positions
+                    && e.ids.len() > p
+                {
+                    return bad(format!(
+                        "{set} example {i} has {} tokens, more than the model's {p} positions (max_position_embeddings); truncate it",
+                        e.ids.len()
+                    ));
+                }
+                if e.label as usize >= labels {
+                    return bad(format!(
+                        "{set} example {i} has label {}, but the classifier has {labels} outputs (labels 0..{labels})",
+                        e.label
+                    ));
+                }
+            }
+        }
+        self.checked = true;
+        Ok(())
     }
 
     fn pad(
@@ -354,14 +486,31 @@ impl TrainTask<BertForSequenceClassification> for ClassificationTask {
         ))
     }
 
-    fn loss(
+    /// The mean cross-entropy, the per-example losses, the logits with their labels, the inputs
+    /// and the examples' indices in the training set.
+    fn forward(
         &mut self,
         model: &BertForSequenceClassification,
         idx: Vec<usize>,
-    ) -> Result<Tensor<1>> {
+    ) -> Result<StepOutput> {
+        self.check(model)?;
         let rows: Vec<&LabelledSequence> = idx.iter().map(|&i| &self.train[i]).collect();
         let (ids, mask, labels) = self.pad(&rows, &self.device);
-        Ok(model.loss(ids, None, Some(mask), SequenceLabels::Classes(labels)))
+        let logits = model.forward(ids.clone(), None, Some(mask.clone()));
+        let b = rows.len();
+        let nll = log_softmax(logits.clone(), 1)
+            .gather(1, labels.clone().reshape([b, 1]))
+            .reshape([b])
+            .neg();
+        Ok(StepOutput::new(nll.clone().mean())
+            .with_per_example_loss(nll)
+            .with_predictions(Predictions::per_example(logits, labels))
+            .with_inputs(ModelInputs {
+                input_ids: ids,
+                attention_mask: Some(mask),
+                token_type_ids: None,
+            })
+            .with_example_ids(idx.iter().map(|&i| i as u64).collect()))
     }
 
     fn evaluate(
@@ -369,6 +518,7 @@ impl TrainTask<BertForSequenceClassification> for ClassificationTask {
         model: &BertForSequenceClassification,
         _: &TrainState,
     ) -> Result<BTreeMap<String, f64>> {
+        self.check(model)?;
         let valid = model.valid();
         let device = self.device.clone().inner();
         let mut confusion = [[0u64; 2]; 2];

@@ -12,9 +12,10 @@ use kiln_schedules::{Duration, LrSchedule, RunSize};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::checkpoint::{Checkpoints, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
+use crate::checkpoint::{ALGORITHMS_FILE, Checkpoints, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE};
 use crate::error::{Error, Result, io_err};
 use crate::optim::{OptimizerConfig, clip_grad_norm};
+use crate::step::{RunPlan, StepOutput, TensorState, read_states, write_states};
 
 /// The points of a step at which algorithms run, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,9 +25,11 @@ pub enum Event {
     FitStart,
     /// Before a step's first micro-batch is drawn.
     BatchStart,
-    /// After a micro-batch's forward pass (the task computes forward and loss together).
+    /// After a micro-batch's forward pass: `Context::output` holds the task's [`StepOutput`]
+    /// (loss, per-example losses, logits, inputs, example ids).
     AfterForward,
-    /// After a micro-batch's loss: algorithms may change it (`Context::loss`).
+    /// After the algorithms saw the forward pass: they may change the loss
+    /// (`Context::output`'s `loss`: penalties, distillation terms).
     AfterLoss,
     /// After the step's gradients are accumulated (and clipped).
     AfterBackward,
@@ -104,6 +107,17 @@ pub trait TrainTask<M: Module> {
         DataSize::default()
     }
 
+    /// Receives the run's length, resolved once by the trainer from `max_duration` and
+    /// [`data_size`](Self::data_size), before the first batch (and before a checkpointed data
+    /// position is restored): resolve the task's own schedules (masking rate, data mix) here, so
+    /// they count the same steps as the LR schedule.
+    ///
+    /// # Errors
+    /// Schedules that do not fit the run.
+    fn prepare(&mut self, _run: &RunPlan) -> Result<()> {
+        Ok(())
+    }
+
     /// Micro-batch `micro` of `micros` of the step after `state.step`.
     ///
     /// # Errors
@@ -115,11 +129,13 @@ pub trait TrainTask<M: Module> {
         micros: usize,
     ) -> Result<(Self::Batch, BatchSize)>;
 
-    /// The loss of `batch` (a `[1]` tensor on the model's autodiff device).
+    /// The forward pass of `batch`: its loss (a `[1]` tensor on the model's autodiff device) and
+    /// whatever else the task can hand to algorithms ([`StepOutput`]). A task with only a loss
+    /// returns `Ok(loss.into())`.
     ///
     /// # Errors
     /// Model errors.
-    fn loss(&mut self, model: &M, batch: Self::Batch) -> Result<Tensor<1>>;
+    fn forward(&mut self, model: &M, batch: Self::Batch) -> Result<StepOutput>;
 
     /// Evaluates `model` (the task switches it to `valid()`); returns named metrics.
     ///
@@ -151,10 +167,13 @@ pub trait TrainTask<M: Module> {
 pub struct Context<'a, M> {
     /// Where training is.
     pub state: &'a TrainState,
+    /// The run's resolved length (the same the LR schedule and the task use).
+    pub run: &'a RunPlan,
     /// The model (replace it at `AfterStep` to merge, average, re-project…).
     pub model: &'a mut M,
-    /// The micro-batch loss, at `AfterLoss` only (add penalties, distillation terms…).
-    pub loss: Option<&'a mut Tensor<1>>,
+    /// The micro-batch's step output, at `AfterForward` and `AfterLoss` (change its `loss` at
+    /// `AfterLoss`: penalties, distillation terms…).
+    pub output: Option<&'a mut StepOutput>,
     /// Metrics logged with this step (or the evaluation's, at `EvalEnd`).
     pub metrics: &'a mut BTreeMap<String, f64>,
 }
@@ -170,7 +189,7 @@ pub trait Algorithm<M> {
     /// A message; training stops with [`Error::Algorithm`].
     fn on_event(&mut self, event: Event, ctx: &mut Context<'_, M>) -> Result<(), String>;
 
-    /// State to checkpoint.
+    /// State to checkpoint (counters, settings: JSON in `state.json`).
     fn state(&self) -> Value {
         Value::Null
     }
@@ -180,6 +199,21 @@ pub trait Algorithm<M> {
     /// # Errors
     /// A message if the state does not fit.
     fn load_state(&mut self, _state: &Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Tensors to checkpoint (an EMA copy, an anchor, a Fisher diagonal): written into the
+    /// checkpoint's `algorithms.safetensors` with the rest of the checkpoint, atomically.
+    fn tensor_state(&self) -> TensorState {
+        TensorState::default()
+    }
+
+    /// Restores checkpointed tensors onto `device` (the training device). Called on resume,
+    /// before `FitStart`, with what [`tensor_state`](Self::tensor_state) returned.
+    ///
+    /// # Errors
+    /// A message if the tensors do not fit.
+    fn load_tensor_state(&mut self, _state: TensorState, _device: &Device) -> Result<(), String> {
         Ok(())
     }
 }
@@ -363,6 +397,11 @@ impl Trainer {
                 c.max_duration
             )));
         }
+        let plan = RunPlan {
+            size: run,
+            total_steps: total,
+        };
+        task.prepare(&plan)?;
         let lr = c.lr_schedule.resolve(&run, c.scale_schedule_ratio)?;
         let every = |d: &Option<Duration>, what: &str| -> Result<Option<f64>> {
             match d {
@@ -412,13 +451,24 @@ impl Trainer {
                 )));
             }
             task.restore_data_state(&saved.data)?;
+            let tensor_path = path.join(ALGORITHMS_FILE);
+            let mut tensors = if tensor_path.is_file() {
+                read_states(&tensor_path)?
+            } else {
+                BTreeMap::new()
+            };
             for a in algorithms.iter_mut() {
-                if let Some(s) = saved.algorithms.get(a.name()) {
-                    a.load_state(s).map_err(|m| Error::Algorithm {
-                        name: a.name().to_owned(),
-                        event: Event::FitStart,
-                        message: m,
-                    })?;
+                let name = a.name().to_owned();
+                let fail = |message: String| Error::Algorithm {
+                    name: name.clone(),
+                    event: Event::FitStart,
+                    message,
+                };
+                if let Some(s) = saved.algorithms.get(&name) {
+                    a.load_state(s).map_err(fail)?;
+                }
+                if let Some(t) = tensors.remove(&name) {
+                    a.load_tensor_state(t, device).map_err(fail)?;
                 }
             }
             state = saved.trainer;
@@ -428,7 +478,7 @@ impl Trainer {
         let metrics_path = self.run_dir.join("metrics.jsonl");
         let mut log = MetricsLog::open(&metrics_path, state.step)?;
         let mut eval = BTreeMap::new();
-        // Runs every algorithm at an event, with the loss where there is one.
+        // Runs every algorithm at an event, with the step output where there is one.
         macro_rules! emit {
             ($event:expr, $metrics:ident) => {
                 fire(
@@ -436,20 +486,22 @@ impl Trainer {
                     algorithms,
                     &mut Context {
                         state: &state,
+                        run: &plan,
                         model: &mut model,
-                        loss: None,
+                        output: None,
                         metrics: &mut $metrics,
                     },
                 )
             };
-            ($event:expr, $metrics:ident, $loss:ident) => {
+            ($event:expr, $metrics:ident, $output:ident) => {
                 fire(
                     $event,
                     algorithms,
                     &mut Context {
                         state: &state,
+                        run: &plan,
                         model: &mut model,
-                        loss: Some(&mut $loss),
+                        output: Some(&mut $output),
                         metrics: &mut $metrics,
                     },
                 )
@@ -471,9 +523,10 @@ impl Trainer {
                 let (batch, bs) = task.next_batch(&state, micro, c.grad_accum)?;
                 size.samples += bs.samples;
                 size.tokens += bs.tokens;
-                let mut loss = task.loss(&model, batch)?;
-                emit!(Event::AfterForward, metrics)?;
-                emit!(Event::AfterLoss, metrics, loss)?;
+                let mut output = task.forward(&model, batch)?;
+                emit!(Event::AfterForward, metrics, output)?;
+                emit!(Event::AfterLoss, metrics, output)?;
+                let loss = output.loss;
                 let value = scalar(&loss);
                 if !value.is_finite() {
                     bar.finish();
@@ -552,6 +605,11 @@ impl Trainer {
                         .collect(),
                     seed: c.seed,
                 };
+                let tensor_states: BTreeMap<String, TensorState> = algorithms
+                    .iter()
+                    .map(|a| (a.name().to_owned(), a.tensor_state()))
+                    .filter(|(_, t)| !t.is_empty())
+                    .collect();
                 let path = checkpoints.save(state.step, |dir| {
                     let ck = |message: String| Error::Checkpoint {
                         path: dir.to_owned(),
@@ -564,6 +622,9 @@ impl Trainer {
                     optim
                         .save(dir.join(OPTIMIZER_FILE))
                         .map_err(|e| ck(format!("optimizer: {e}")))?;
+                    if !tensor_states.is_empty() {
+                        write_states(&dir.join(ALGORITHMS_FILE), &tensor_states)?;
+                    }
                     std::fs::write(
                         dir.join(STATE_FILE),
                         serde_json::to_vec_pretty(&saved).expect("state serialises"),

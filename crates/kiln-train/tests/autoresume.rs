@@ -1,5 +1,7 @@
 //! Kill a training run mid-way, damage its newest checkpoint, restart it, and check that the
-//! resumed run logs exactly the losses and evaluations of an uninterrupted one.
+//! resumed run logs exactly the losses and evaluations of an uninterrupted one and ends with the
+//! same weights, bit for bit — with an algorithm whose state is tensors (a running average of the
+//! weights that pulls the model toward it) in the checkpoint.
 //!
 //! This file is its own harness (`harness = false` in Cargo.toml): run without arguments it is
 //! the test, which starts itself as a child process (`child RUN_DIR DATA_DIR`) to train a tiny
@@ -11,17 +13,18 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration as Wall, Instant};
 
+use kiln_checkpoint::{Checkpoint, Dtype};
 use kiln_data::corpus::{self, Domain};
-use kiln_data::mixture::MixtureSampler;
 use kiln_data::mlm::MlmCollator;
 use kiln_data::packing::{Grouping, PackedSequences, Packing, SequenceStream};
 use kiln_data::shards::{TokenShard, write_shard};
 use kiln_data::tokenizer::{Tokenizer, TokenizerKind};
 use kiln_models::bert::{BertConfig, BertForMaskedLm};
-use kiln_schedules::{DataMix, Duration, LrSchedule, MaskingSchedule, RunSize};
-use kiln_train::burn::tensor::Device;
-use kiln_train::tasks::MlmTask;
-use kiln_train::{Algorithm, Context, Event, OptimizerConfig, Trainer, TrainerConfig};
+use kiln_schedules::{DataMix, Duration, LrSchedule, MaskingSchedule};
+use kiln_train::burn::tensor::{Device, Tensor};
+use kiln_train::params::{float_params, map_float_params};
+use kiln_train::tasks::{MlmTask, MlmTaskConfig};
+use kiln_train::{Algorithm, Context, Event, OptimizerConfig, TensorState, Trainer, TrainerConfig};
 use serde_json::Value;
 
 const STEPS: u64 = 16;
@@ -67,6 +70,70 @@ impl<M> Algorithm<M> for Slow {
     }
 }
 
+/// An algorithm with tensor state: a running average of the weights that pulls the model toward
+/// it after every step (SFA-like). If a resume lost the average, the final weights would differ.
+#[derive(Default)]
+struct Pull {
+    avg: BTreeMap<String, Tensor<1>>,
+    updates: u64,
+}
+
+impl Algorithm<BertForMaskedLm> for Pull {
+    fn name(&self) -> &str {
+        "pull"
+    }
+
+    fn on_event(
+        &mut self,
+        event: Event,
+        ctx: &mut Context<'_, BertForMaskedLm>,
+    ) -> Result<(), String> {
+        if event != Event::AfterStep {
+            return Ok(());
+        }
+        for (name, t) in float_params(&*ctx.model) {
+            let t = t.inner();
+            let avg = match self.avg.remove(&name) {
+                Some(a) => a.mul_scalar(0.8) + t.mul_scalar(0.2),
+                None => t,
+            };
+            self.avg.insert(name, avg);
+        }
+        let avg = &self.avg;
+        // The average has no autodiff; mixed with the model's tensors it is a constant.
+        *ctx.model = map_float_params(ctx.model.clone(), |name, t| {
+            t.mul_scalar(0.9) + avg[name].clone().mul_scalar(0.1)
+        });
+        self.updates += 1;
+        Ok(())
+    }
+
+    fn state(&self) -> Value {
+        serde_json::json!({ "updates": self.updates })
+    }
+
+    fn load_state(&mut self, state: &Value) -> Result<(), String> {
+        self.updates = state["updates"].as_u64().ok_or("no `updates`")?;
+        Ok(())
+    }
+
+    fn tensor_state(&self) -> TensorState {
+        let mut s = TensorState::new();
+        for (name, t) in &self.avg {
+            s.insert(name.clone(), t.clone());
+        }
+        s
+    }
+
+    fn load_tensor_state(&mut self, state: TensorState, device: &Device) -> Result<(), String> {
+        for (name, _) in state.iter() {
+            let t: Tensor<1> = state.tensor(name, &device.clone().inner())?;
+            self.avg.insert(name.to_owned(), t);
+        }
+        Ok(())
+    }
+}
+
 fn child(run_dir: &Path, data: &Path, slow_ms: u64) {
     let device = Device::flex().autodiff();
     let tok = Tokenizer::from_file(data.join("tokenizer.json")).unwrap();
@@ -87,7 +154,6 @@ fn child(run_dir: &Path, data: &Path, slow_ms: u64) {
             )
         })
         .collect();
-    let run = RunSize::new(Duration::batches(STEPS));
     let w = |p: f64, c: f64, a: f64| {
         BTreeMap::from([
             ("prose".to_owned(), p),
@@ -95,24 +161,21 @@ fn child(run_dir: &Path, data: &Path, slow_ms: u64) {
             ("arithmetic".to_owned(), a),
         ])
     };
-    let mix = DataMix::upsample_end(w(6.0, 2.0, 1.0), w(2.0, 1.0, 2.0), 0.25)
-        .resolve(&run)
-        .unwrap();
-    let sampler = MixtureSampler::new(streams, mix, 3).unwrap();
-    let masking = MaskingSchedule::Linear {
-        from: 0.3,
-        to: 0.15,
-        t_max: Duration::fraction(1.0),
-    }
-    .resolve(&run)
-    .unwrap();
+    // Resolved by the trainer, against the run's own length.
+    let mix = DataMix::upsample_end(w(6.0, 2.0, 1.0), w(2.0, 1.0, 2.0), 0.25);
     let collator = MlmCollator::from_special_ids(&ids, tok.vocab_size()).unwrap();
     let eval: Vec<Vec<u32>> = corpus::documents(Domain::Prose, 99, 0, 8)
         .iter()
         .map(|d| tok.encode(d, true).unwrap().into_iter().take(SEQ).collect())
         .collect();
-    let mut task =
-        MlmTask::new(sampler, collator, masking, 8, SEQ, &eval, 0.15, 11, &device).unwrap();
+    let masking = MaskingSchedule::Linear {
+        from: 0.3,
+        to: 0.15,
+        t_max: Duration::fraction(1.0),
+    };
+    let mut config = MlmTaskConfig::new(8, SEQ, masking, mix);
+    config.seed = 11;
+    let mut task = MlmTask::new(streams, collator, &eval, config, &device).unwrap();
     let config = BertConfig {
         vocab_size: tok.vocab_size(),
         hidden_size: 32,
@@ -136,9 +199,14 @@ fn child(run_dir: &Path, data: &Path, slow_ms: u64) {
     trainer.keep_last_n = 3;
     trainer.seed = 5;
     trainer.progress_bar = false;
-    let mut algorithms: Vec<Box<dyn Algorithm<BertForMaskedLm>>> = vec![Box::new(Slow(slow_ms))];
+    let mut algorithms: Vec<Box<dyn Algorithm<BertForMaskedLm>>> =
+        vec![Box::new(Slow(slow_ms)), Box::new(Pull::default())];
     let out = Trainer::new(trainer, run_dir)
         .fit(model, &mut task, &mut algorithms, &device)
+        .unwrap();
+    // The final weights, to compare bit for bit.
+    out.model
+        .save(run_dir.join("final"), Dtype::F32, true)
         .unwrap();
     println!("resumed_from {}", out.resumed_from.map_or(-1, |s| s as i64));
 }
@@ -324,8 +392,27 @@ fn main() {
         assert_eq!(g, w, "resumed run differs from the uninterrupted one");
     }
     assert_eq!(checkpoint_steps(&killed), [8, 12, 16], "keep_last_n = 3");
+    // The algorithm's tensors were checkpointed with the rest...
+    let states =
+        Checkpoint::open(killed.join("checkpoints/step-000000016/algorithms.safetensors")).unwrap();
+    assert!(states.names().any(|n| n.starts_with("pull/")));
+    // ... and the final weights are bit for bit the uninterrupted run's.
+    let (a, b) = (
+        Checkpoint::open(reference.join("final")).unwrap(),
+        Checkpoint::open(killed.join("final")).unwrap(),
+    );
+    let mut compared = 0;
+    for name in a.names() {
+        assert_eq!(
+            a.tensor(name).unwrap().data,
+            b.tensor(name).unwrap().data,
+            "final weight `{name}` differs after the resume"
+        );
+        compared += 1;
+    }
+    assert!(compared > 10);
     println!(
-        "autoresume: ok (killed after {logged} steps, resumed from step 4 past a damaged step-8 checkpoint, {} log lines identical)",
+        "autoresume: ok (killed after {logged} steps, resumed from step 4 past a damaged step-8 checkpoint, {} log lines and {compared} final weights identical)",
         got.len()
     );
 }

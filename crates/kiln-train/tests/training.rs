@@ -9,8 +9,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 use kiln_schedules::Duration;
 use kiln_train::{
-    Algorithm, BatchSize, Context, DataSize, Error, Event, OptimizerConfig, TrainState, TrainTask,
-    Trainer, TrainerConfig,
+    Algorithm, BatchSize, Context, DataSize, Error, Event, OptimizerConfig, RunPlan, StepOutput,
+    TrainState, TrainTask, Trainer, TrainerConfig,
 };
 use serde_json::Value;
 
@@ -18,6 +18,10 @@ use serde_json::Value;
 struct Regression {
     x: Vec<f32>,
     y: Vec<f32>,
+    /// What the trainer handed to `prepare`.
+    prepared: Option<RunPlan>,
+    /// Dataset id of the next row handed out (ids keep counting across steps).
+    next_id: u64,
 }
 
 impl Regression {
@@ -29,7 +33,12 @@ impl Regression {
             .chunks(3)
             .map(|r| 2.0 * r[0] - r[1] + 0.5 * r[2] + 0.25)
             .collect();
-        Self { x, y }
+        Self {
+            x,
+            y,
+            prepared: None,
+            next_id: 0,
+        }
     }
 }
 
@@ -67,9 +76,20 @@ impl TrainTask<Linear> for Regression {
         ))
     }
 
-    fn loss(&mut self, m: &Linear, (x, y): Self::Batch) -> kiln_train::Result<Tensor<1>> {
-        let loss = (m.forward(x) - y).powi_scalar(2).mean();
-        Ok(loss)
+    fn prepare(&mut self, run: &RunPlan) -> kiln_train::Result<()> {
+        self.prepared = Some(run.clone());
+        Ok(())
+    }
+
+    /// The mean squared error, each row's squared error, and the rows' dataset ids.
+    fn forward(&mut self, m: &Linear, (x, y): Self::Batch) -> kiln_train::Result<StepOutput> {
+        let rows = x.dims()[0];
+        let per_row = (m.forward(x) - y).powi_scalar(2).reshape([rows]);
+        let first = self.next_id;
+        self.next_id += rows as u64;
+        Ok(StepOutput::new(per_row.clone().mean())
+            .with_per_example_loss(per_row)
+            .with_example_ids((first..first + rows as u64).collect()))
     }
 
     fn evaluate(
@@ -172,8 +192,8 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
         }
         fn on_event(&mut self, event: Event, ctx: &mut Context<'_, Linear>) -> Result<(), String> {
             if event == Event::AfterLoss && ctx.state.step + 1 == self.0 {
-                let l = ctx.loss.as_deref_mut().unwrap();
-                *l = l.clone().mul_scalar(f64::NAN);
+                let out = ctx.output.as_deref_mut().unwrap();
+                out.loss = out.loss.clone().mul_scalar(f64::NAN);
             }
             Ok(())
         }
@@ -308,6 +328,99 @@ fn algorithms_see_every_event_in_order_and_can_change_the_model() {
     want.push((FitEnd, 4));
     assert_eq!(*events.borrow(), want);
     assert_eq!(out.resumed_from, None);
+}
+
+/// The contract for the next crates: algorithms see the task's step output (per-example losses,
+/// example ids) at `AfterForward`, may change the loss at `AfterLoss`, and everyone counts the
+/// same run length, resolved once by the trainer.
+#[test]
+fn algorithms_see_the_step_output_and_the_run_the_task_was_prepared_with() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    #[derive(Default)]
+    struct Seen {
+        ids: Vec<u64>,
+        per_example: Vec<usize>,
+        totals: Vec<u64>,
+    }
+    /// Reads the step output at `AfterForward`; doubles the loss at `AfterLoss` (a stand-in for
+    /// a penalty or a distillation term).
+    struct Reader(Rc<RefCell<Seen>>);
+    impl Algorithm<Linear> for Reader {
+        fn name(&self) -> &str {
+            "reader"
+        }
+        fn on_event(&mut self, event: Event, ctx: &mut Context<'_, Linear>) -> Result<(), String> {
+            let mut seen = self.0.borrow_mut();
+            seen.totals.push(ctx.run.total_steps);
+            match event {
+                Event::AfterForward => {
+                    let out = ctx
+                        .output
+                        .as_deref()
+                        .ok_or("no step output at AfterForward")?;
+                    seen.ids.extend(out.example_ids.clone().unwrap_or_default());
+                    seen.per_example
+                        .push(out.per_example_loss.as_ref().map_or(0, |t| t.dims()[0]));
+                }
+                Event::AfterLoss => {
+                    let out = ctx
+                        .output
+                        .as_deref_mut()
+                        .ok_or("no step output at AfterLoss")?;
+                    out.loss = out.loss.clone().mul_scalar(2.0);
+                }
+                _ => assert!(ctx.output.is_none(), "{event:?} has no step output"),
+            }
+            Ok(())
+        }
+    }
+    // `3ep` with one step per epoch: the trainer resolves 3 steps and hands that to everyone.
+    let mut config = TrainerConfig::new("3ep".parse().unwrap(), OptimizerConfig::adamw(0.01, 0.0));
+    config.grad_accum = 2;
+    let seen = Rc::new(RefCell::new(Seen::default()));
+    let mut task = Regression::new();
+    let mut algos: Vec<Box<dyn Algorithm<Linear>>> = vec![Box::new(Reader(seen.clone()))];
+    let (out, dir) = fit(config, &mut task, &mut algos).unwrap();
+    let plan = task.prepared.expect("the trainer prepared the task");
+    assert_eq!(plan.total_steps, 3);
+    assert_eq!(plan.size.steps_per_epoch, Some(1));
+    let seen = seen.borrow();
+    assert!(seen.totals.iter().all(|&t| t == 3));
+    assert_eq!(
+        seen.ids,
+        (0..48).collect::<Vec<u64>>(),
+        "3 steps × 2 micro-batches × 8 rows"
+    );
+    assert_eq!(seen.per_example, [8; 6]);
+    // The logged loss is the changed one: twice the task's (checked on the first step).
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(dir.path().join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    // `fit` starts from w = (0.1, −0.2, 0.3), b = 0.
+    let data = Regression::new();
+    let mse = data
+        .x
+        .chunks(3)
+        .zip(&data.y)
+        .map(|(r, y)| {
+            let p = 0.1 * r[0] - 0.2 * r[1] + 0.3 * r[2];
+            f64::from((p - y) * (p - y))
+        })
+        .sum::<f64>()
+        / 16.0;
+    let logged = first["loss"].as_f64().unwrap();
+    assert!(
+        (logged / (2.0 * mse) - 1.0).abs() < 1e-5,
+        "{logged} vs 2 × {mse}"
+    );
+    assert_eq!(out.state.step, 3);
 }
 
 #[test]
