@@ -1,0 +1,61 @@
+//! The ready-made tasks refuse data that does not fit the model, naming the example, instead of
+//! panicking inside burn (review finding: `ClassificationTask` checked neither sequence length,
+//! token ids nor labels against the model).
+
+use kiln_models::bert::{BertConfig, BertForSequenceClassification};
+use kiln_train::burn::tensor::Device;
+use kiln_train::tasks::{ClassificationTask, LabelledSequence};
+use kiln_train::{OptimizerConfig, Trainer, TrainerConfig};
+
+fn model(device: &Device) -> BertForSequenceClassification {
+    let config = BertConfig {
+        vocab_size: 20,
+        hidden_size: 8,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        intermediate_size: 16,
+        max_position_embeddings: 6,
+        ..BertConfig::bert_base()
+    };
+    BertForSequenceClassification::from_encoder(config.init(device).unwrap(), 2, device).unwrap()
+}
+
+fn run(train: Vec<LabelledSequence>) -> Result<(), String> {
+    let device = Device::flex().autodiff();
+    let eval = vec![LabelledSequence {
+        ids: vec![1, 2, 3],
+        label: 1,
+    }];
+    let mut task = ClassificationTask::new(train, eval, 2, 0, 0, &device).unwrap();
+    let mut config = TrainerConfig::new("2ba".parse().unwrap(), OptimizerConfig::adamw(1e-3, 0.0));
+    config.progress_bar = false;
+    let dir = tempfile::tempdir().unwrap();
+    Trainer::new(config, dir.path())
+        .fit(model(&device), &mut task, &mut [], &device)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn classification_data_is_checked_against_the_model() {
+    let ok = |ids: Vec<u32>, label| LabelledSequence { ids, label };
+    assert_eq!(run(vec![ok(vec![1, 2, 3], 0), ok(vec![4, 5], 1)]), Ok(()));
+    for (bad, want) in [
+        (
+            ok(vec![1, 2, 3], 5),
+            "training example 1 has label 5, but the classifier has 2 outputs",
+        ),
+        (
+            ok(vec![1, 20], 0),
+            "training example 1: token id 20 is outside the model's vocabulary (vocab_size 20)",
+        ),
+        (
+            ok(vec![1; 7], 0),
+            "training example 1 has 7 tokens, more than the model's 6 positions",
+        ),
+        (ok(vec![], 0), "training example 1 has no tokens"),
+    ] {
+        let err = run(vec![ok(vec![1, 2, 3], 0), bad]).unwrap_err();
+        assert!(err.contains(want), "{err}");
+    }
+}
