@@ -123,20 +123,11 @@ pub(crate) fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result
     }
 }
 
-/// Writes a file through a temporary sibling and a rename, so a reader never sees half of it.
+/// Writes a file atomically (kiln-checkpoint's temp + fsync + rename + directory fsync), creating
+/// its directory first.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result {
-    let dir = path.parent().ok_or("output path has no directory")?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("out"),
-        std::process::id()
-    ));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
     }
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(kiln_checkpoint::write_atomic(path, bytes)?)
 }

@@ -58,6 +58,7 @@ mod error;
 mod file;
 mod header;
 pub mod paths;
+pub mod size;
 mod writer;
 
 pub use atomic::{

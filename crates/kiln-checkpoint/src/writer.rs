@@ -196,6 +196,11 @@ impl CheckpointWriter {
     /// [`Error::WriterOrder`] if `name` is not the next planned tensor or `data` has the wrong
     /// length; [`Error::Io`].
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        let r = self.write_tensor_staged(name, data);
+        r.map_err(|e| self.as_output(e))
+    }
+
+    fn write_tensor_staged(&mut self, name: &str, data: &[u8]) -> Result<()> {
         let spec = self.next_tensor().ok_or_else(|| Error::WriterOrder {
             message: format!("`{name}` written after every planned tensor"),
         })?;
@@ -265,7 +270,15 @@ impl CheckpointWriter {
     /// [`Error::Io`]; [`Error::WriterOrder`] for a name that is not a plain file name.
     pub fn write_file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         let path = self.extra_path(name)?;
-        std::fs::write(&path, bytes).map_err(io_err(&path))
+        std::fs::write(&path, bytes)
+            .map_err(io_err(&path))
+            .map_err(|e| self.as_output(e))
+    }
+
+    /// An I/O error on a staged file, reported under the output's name (the hidden staging
+    /// directory means nothing to the user; the directory they asked for does).
+    fn as_output(&self, e: Error) -> Error {
+        as_output(e, self.dir.path(), self.dir.target())
     }
 
     /// Copies `src` into the output directory as `name`.
@@ -293,7 +306,13 @@ impl CheckpointWriter {
     ///
     /// # Errors
     /// [`Error::WriterOrder`] if tensors are missing; [`Error::Io`]; [`Error::OutputExists`].
-    pub fn finish(mut self) -> Result<PathBuf> {
+    pub fn finish(self) -> Result<PathBuf> {
+        let (staging, target) = (self.dir.path().to_owned(), self.dir.target().to_owned());
+        self.finish_staged()
+            .map_err(|e| as_output(e, &staging, &target))
+    }
+
+    fn finish_staged(mut self) -> Result<PathBuf> {
         if self.plan.tensors().next().is_none() && self.shard == 0 {
             // No tensors at all: still write a valid, empty model.safetensors.
             self.open_shard()?;
@@ -319,6 +338,19 @@ impl CheckpointWriter {
             self.write_file(INDEX_FILE, text.as_bytes())?;
         }
         self.dir.commit()
+    }
+}
+
+/// An I/O error on a file under `staging`, reported under the same name in `target`.
+fn as_output(e: Error, staging: &Path, target: &Path) -> Error {
+    match e {
+        Error::Io { path, source } => Error::Io {
+            path: path
+                .strip_prefix(staging)
+                .map_or(path.clone(), |rest| target.join(rest)),
+            source,
+        },
+        other => other,
     }
 }
 
@@ -433,6 +465,22 @@ mod tests {
         assert!(w.write_file("../escape", b"x").is_err());
         let err = w.finish().unwrap_err();
         assert!(err.to_string().contains("before tensor `b`"), "{err}");
+    }
+
+    #[test]
+    fn errors_on_staged_files_name_the_output() {
+        let e = as_output(
+            Error::Io {
+                path: "/d/.out.kiln-tmp-0a0b0c0d-7-0/model.safetensors".into(),
+                source: std::io::Error::other("No space left on device"),
+            },
+            Path::new("/d/.out.kiln-tmp-0a0b0c0d-7-0"),
+            Path::new("/d/out"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "/d/out/model.safetensors: No space left on device"
+        );
     }
 
     #[test]

@@ -62,6 +62,19 @@ pub(crate) enum CliError {
         presets: String,
     },
 
+    /// A result that does not fit a 64-bit float (overflow to ±∞ or NaN).
+    #[error(
+        "`{field}` is not a finite number for `kiln {command}`: the inputs lie so far outside \
+         real models that the result overflows a 64-bit float; give values within a few orders \
+         of magnitude of today's models"
+    )]
+    NotFinite {
+        /// The result field.
+        field: String,
+        /// The command's arguments.
+        command: String,
+    },
+
     /// Arguments that are individually valid but do not go together.
     #[error("{0}")]
     Usage(String),

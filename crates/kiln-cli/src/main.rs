@@ -16,6 +16,7 @@ mod error;
 mod merge;
 mod numbers;
 mod output;
+mod progress;
 mod run;
 mod scaling;
 

@@ -27,11 +27,11 @@ pub(crate) struct MergeArgs {
     out_dir: PathBuf,
     /// Maximum size of each output shard, in bytes; accepts 5GB, 500MB, 2GiB, 1e9. A tensor larger
     /// than this gets a shard of its own.
-    #[arg(long, default_value = "5GB", value_parser = parse_bytes, value_name = "BYTES")]
+    #[arg(long, default_value = "5GB", value_parser = kiln_checkpoint::size::parse, value_name = "BYTES")]
     out_shard_size: u64,
-    /// Worker threads [default: all cores].
-    #[arg(long)]
-    threads: Option<usize>,
+    /// Worker threads, 1 to 1024 [default: all cores].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
     /// Replace OUT_DIR if it exists (the old directory is removed only once the new one is
     /// complete; an interrupted replacement is repaired by the next run for OUT_DIR).
     #[arg(long)]
@@ -46,40 +46,6 @@ pub(crate) struct MergeArgs {
     /// such a merge is an error that names the tensors, and nothing is written.
     #[arg(long)]
     allow_non_finite: bool,
-}
-
-/// Parses a byte size: a number with an optional decimal (KB, MB, GB, TB, or K, M, G, T) or
-/// binary (KiB, MiB, GiB, TiB) unit; `B` alone means bytes.
-pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    // The unit is the trailing run of letters, so `1e9` stays a number.
-    let split = t.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len();
-    let (number, unit) = t.split_at(split);
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; expected e.g. 5GB, 500MB, 2GiB"))?;
-    let scale = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "t" | "tb" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        "tib" => 1024.0f64.powi(4),
-        other => {
-            return Err(format!(
-                "`{text}`: unknown unit `{other}`; use B, KB, MB, GB, TB or KiB, MiB, GiB, TiB"
-            ));
-        }
-    };
-    let bytes = value * scale;
-    if !(bytes.is_finite() && bytes >= 1.0) {
-        return Err(format!("`{text}` must be at least one byte"));
-    }
-    Ok(bytes as u64)
 }
 
 struct Progress {
@@ -105,8 +71,8 @@ impl Observer for Progress {
         let rate = format!(
             "{:.1} tensors/s, {}/s read, {}/s written",
             (e.index + 1) as f64 / secs,
-            human(self.read as f64 / secs),
-            human(self.written as f64 / secs)
+            kiln_checkpoint::size::format(self.read as f64 / secs),
+            kiln_checkpoint::size::format(self.written as f64 / secs)
         );
         match &self.bar {
             Some(bar) => {
@@ -125,15 +91,6 @@ impl Observer for Progress {
     }
 }
 
-fn human(bytes: f64) -> String {
-    [(1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")]
-        .into_iter()
-        .find(|(s, _)| bytes >= *s)
-        .map_or(format!("{bytes:.0} B"), |(s, u)| {
-            format!("{:.2} {u}", bytes / s)
-        })
-}
-
 pub(crate) fn run(args: MergeArgs) -> Result<(), CliError> {
     kiln_checkpoint::paths::check_output(
         &args.out_dir,
@@ -148,14 +105,11 @@ pub(crate) fn run(args: MergeArgs) -> Result<(), CliError> {
     let options = MergeOptions {
         out_dir: args.out_dir.clone(),
         max_shard_bytes: args.out_shard_size,
-        threads: args.threads,
+        threads: args.threads.map(|t| t as usize),
         force: args.force,
         seed: args.random_seed,
         allow_non_finite: args.allow_non_finite,
     };
-    if args.threads == Some(0) {
-        return Err(CliError::Usage("--threads must be at least 1".into()));
-    }
     let plan = MergePlan::new(config, options)?;
     if args.dry_run {
         print!("{}", plan.describe());
@@ -195,26 +149,10 @@ pub(crate) fn run(args: MergeArgs) -> Result<(), CliError> {
     println!(
         "merged {} tensors ({} read, {} written) in {:.2} s → {}",
         report.tensors,
-        human(report.bytes_read as f64),
-        human(report.bytes_written as f64),
+        kiln_checkpoint::size::format(report.bytes_read as f64),
+        kiln_checkpoint::size::format(report.bytes_written as f64),
         report.seconds,
         report.out_dir.display()
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(parse_bytes("5GB").unwrap(), 5_000_000_000);
-        assert_eq!(parse_bytes("500MB").unwrap(), 500_000_000);
-        assert_eq!(parse_bytes("2GiB").unwrap(), 2 << 30);
-        assert_eq!(parse_bytes("1e9").unwrap(), 1_000_000_000);
-        assert_eq!(parse_bytes("1.5 G").unwrap(), 1_500_000_000);
-        assert!(parse_bytes("5 parrots").is_err());
-        assert!(parse_bytes("0").is_err());
-    }
 }

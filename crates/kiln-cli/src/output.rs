@@ -1,7 +1,6 @@
 //! Output of the CLI: aligned tables for people, JSON and CSV for scripts, atomic files.
 
 use std::io::Write;
-use std::path::Path;
 
 use serde_json::Value;
 
@@ -114,8 +113,118 @@ pub(crate) struct Report {
     pub(crate) csv_rows: Vec<Vec<(String, Value)>>,
 }
 
+/// How a table shows a number.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Shown {
+    /// `2.418e10 (24.2B)`.
+    Count,
+    /// `2.418e10`.
+    Sci,
+    /// Fixed decimals.
+    Fixed(usize),
+}
+
+/// One table row of a result: its label, the result field it shows (dotted for nested fields),
+/// and how.
+pub(crate) struct Row(
+    pub(crate) &'static str,
+    pub(crate) &'static str,
+    pub(crate) Shown,
+);
+
+/// A JSON object's scalar fields, nested objects flattened with dotted keys (`law.e`).
+fn flatten(v: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(x, &key, out);
+            }
+        }
+        other => out.push((prefix.to_owned(), other.clone())),
+    }
+}
+
+impl Report {
+    /// The report of one result, rendered three ways from the same value: `--json` is the result
+    /// serialised, `--csv` its fields flattened into one row, the table the `rows` picked from it.
+    pub(crate) fn of<T: serde::Serialize>(
+        title: String,
+        result: &T,
+        rows: &[Row],
+        notes: Vec<String>,
+    ) -> Result<Self, CliError> {
+        let json = serde_json::to_value(result).map_err(CliError::Json)?;
+        let mut fields = Vec::new();
+        flatten(&json, "", &mut fields);
+        let mut table = Table::new(["quantity", "value"]);
+        for Row(label, key, shown) in rows {
+            let value = key
+                .split('.')
+                .try_fold(&json, |v, k| v.get(k))
+                .and_then(Value::as_f64)
+                .unwrap_or(f64::NAN);
+            table.row([
+                (*label).to_owned(),
+                match shown {
+                    Shown::Count => crate::numbers::count(value),
+                    Shown::Sci => crate::numbers::sci(value),
+                    Shown::Fixed(d) => format!("{value:.d$}"),
+                },
+            ]);
+        }
+        Ok(Self {
+            title,
+            tables: vec![table],
+            notes,
+            json,
+            csv_rows: vec![fields],
+        })
+    }
+}
+
+/// The path of the first JSON `null` in `v`: serde_json writes a NaN or an infinity as `null`,
+/// and every number kiln prints must be finite.
+fn first_null(v: &Value, at: &str) -> Option<String> {
+    match v {
+        Value::Null => Some(at.to_owned()),
+        Value::Object(m) => m.iter().find_map(|(k, x)| {
+            first_null(
+                x,
+                &if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                },
+            )
+        }),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| first_null(x, &format!("{at}[{i}]"))),
+        _ => None,
+    }
+}
+
 impl Report {
     pub(crate) fn print(&self, format: Format) -> Result<(), CliError> {
+        // Overflow is an error, not a `null` (or an `inf` in a table) with exit status 0.
+        let nulls = std::iter::once(first_null(&self.json, "")).chain(
+            self.csv_rows
+                .iter()
+                .flatten()
+                .map(|(k, v)| first_null(v, k)),
+        );
+        if let Some(field) = nulls.flatten().next() {
+            return Err(CliError::NotFinite {
+                field,
+                command: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+            });
+        }
         let text = match format {
             Format::Json => {
                 let mut s = serde_json::to_string_pretty(&self.json).map_err(CliError::Json)?;
@@ -187,33 +296,6 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory is written,
-/// fsynced and renamed over `path`, then the directory is fsynced. A reader never sees a partial
-/// file, and a crash leaves either the old file or the new one.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
-    let io_err = |source| CliError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kiln-tmp-")
-        .tempfile_in(dir)
-        .map_err(io_err)?;
-    tmp.write_all(bytes).map_err(io_err)?;
-    tmp.as_file().sync_all().map_err(io_err)?;
-    tmp.persist(path).map_err(|e| io_err(e.error))?;
-    // Make the rename itself durable. Directories cannot be opened for syncing everywhere
-    // (Windows); the file is complete either way.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,16 +317,5 @@ mod tests {
             ("x".to_string(), Value::from(1.5)),
         ]];
         assert_eq!(to_csv(&rows), "law,x\n\"a,b\",1.5\n");
-    }
-
-    #[test]
-    fn atomic_write_replaces_whole_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.svg");
-        write_atomic(&path, b"first").unwrap();
-        write_atomic(&path, b"second").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"second");
-        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
-        assert_eq!(leftovers, 1, "no temporary file is left behind");
     }
 }

@@ -10,11 +10,12 @@ use kiln_scaling_laws::cost::{
 use kiln_scaling_laws::fit::{self, FitOptions};
 use kiln_scaling_laws::runs::{self, Columns};
 use kiln_scaling_laws::{ChinchillaLaw, LawPreset, inference, plot};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::error::CliError;
 use crate::numbers::{count, dollars, finite, non_negative_count, percent, positive_count, sci};
-use crate::output::{Format, Report, Table, write_atomic};
+use crate::output::{Format, Report, Row, Shown, Table};
 
 /// Size models with Chinchilla scaling laws, accounting for inference demand.
 #[derive(Debug, Subcommand)]
@@ -195,40 +196,69 @@ fn loss(args: LossArgs) -> Result<(), CliError> {
         n_params: n,
         train_tokens: d,
     };
-    let l = law.loss(n, d)?;
-    let d_opt = chinchilla::optimal_tokens_for_params(&law, n)?;
-    let mut t = Table::new(["quantity", "value"]);
-    t.row(["parameters".to_owned(), count(n)])
-        .row(["training tokens".to_owned(), count(d)])
-        .row(["training FLOPs".to_owned(), sci(model.train_flops())])
-        .row([
-            "tokens per parameter".to_owned(),
-            format!("{:.1}", model.tokens_per_param()),
-        ])
-        .row(["loss (nats/token)".to_owned(), format!("{l:.6}")])
-        .row([
-            "compute-optimal tokens for this size".to_owned(),
-            count(d_opt),
-        ]);
-    let fields = kv(&[
-        ("law", Value::from(law_name.as_str())),
-        ("n_params", n.into()),
-        ("train_tokens", d.into()),
-        ("train_flops", model.train_flops().into()),
-        ("tokens_per_param", model.tokens_per_param().into()),
-        ("loss", l.into()),
-        ("chinchilla_train_tokens", d_opt.into()),
-    ]);
-    let mut json = Value::Object(fields.iter().cloned().collect());
-    json["law"] = law_json(&law, &law_name);
-    Report {
-        title: format!("Predicted loss\n{}", law_line(&law, &law_name)),
-        tables: vec![t],
-        notes: vec![],
-        json,
-        csv_rows: vec![fields],
-    }
+    let result = LossResult {
+        law: LawJson::new(&law, &law_name),
+        n_params: n,
+        train_tokens: d,
+        train_flops: model.train_flops(),
+        tokens_per_param: model.tokens_per_param(),
+        loss: law.loss(n, d)?,
+        chinchilla_train_tokens: chinchilla::optimal_tokens_for_params(&law, n)?,
+    };
+    Report::of(
+        format!("Predicted loss\n{}", law_line(&law, &law_name)),
+        &result,
+        &[
+            Row("parameters", "n_params", Shown::Count),
+            Row("training tokens", "train_tokens", Shown::Count),
+            Row("training FLOPs", "train_flops", Shown::Sci),
+            Row("tokens per parameter", "tokens_per_param", Shown::Fixed(1)),
+            Row("loss (nats/token)", "loss", Shown::Fixed(6)),
+            Row(
+                "compute-optimal tokens for this size",
+                "chinchilla_train_tokens",
+                Shown::Count,
+            ),
+        ],
+        vec![],
+    )?
     .print(args.format.format())
+}
+
+/// The result of `kiln scaling loss` (its JSON and CSV contract).
+#[derive(Serialize)]
+struct LossResult {
+    law: LawJson,
+    n_params: f64,
+    train_tokens: f64,
+    train_flops: f64,
+    tokens_per_param: f64,
+    loss: f64,
+    chinchilla_train_tokens: f64,
+}
+
+/// A law in results: its name and coefficients.
+#[derive(Serialize)]
+struct LawJson {
+    name: String,
+    e: f64,
+    a: f64,
+    b: f64,
+    alpha: f64,
+    beta: f64,
+}
+
+impl LawJson {
+    fn new(law: &ChinchillaLaw, name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            e: law.e,
+            a: law.a,
+            b: law.b,
+            alpha: law.alpha,
+            beta: law.beta,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -659,12 +689,17 @@ pub(crate) struct FitArgs {
     /// Huber threshold on log-loss residuals.
     #[arg(long, value_parser = finite, default_value = "1e-3")]
     delta: f64,
-    /// L-BFGS iterations per start (4,500 starts from Hoffmann's grid).
+    /// L-BFGS iterations per start, at most.
     #[arg(long, default_value_t = 1000)]
     max_iters: u64,
-    /// Worker threads [default: all cores].
-    #[arg(long)]
-    threads: Option<usize>,
+    /// Starts of L-BFGS, spread evenly over Hoffmann's 4,500-point initialisation grid
+    /// [default: all 4,500]. A fit costs about starts × rows × iterations: on the 47 runs of the
+    /// paper all 4,500 take seconds; for tens of thousands of rows use a few hundred.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4500))]
+    starts: Option<u32>,
+    /// Worker threads, 1 to 1024 [default: all cores].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
     /// Print one JSON object instead of a table.
     #[arg(long, conflicts_with = "csv_output")]
     json: bool,
@@ -683,64 +718,97 @@ fn fit_cmd(args: FitArgs) -> Result<(), CliError> {
     let options = FitOptions {
         delta: args.delta,
         max_iters: args.max_iters,
-        threads: args.threads,
+        threads: args.threads.map(|t| t as usize),
+        starts: args.starts.map(|s| s as usize),
         ..FitOptions::default()
     };
-    let result = fit::fit(&runs, &options)?;
+    let total = options.starts.unwrap_or_else(|| options.grid.len());
+    let bar = crate::progress::Bar::new(
+        total as u64,
+        "starts",
+        &format!("kiln scaling fit: {} runs", runs.len()),
+    );
+    let result = fit::fit_with_progress(&runs, &options, &|done, _| bar.set(done as u64));
+    bar.finish();
+    let result = result?;
     let l = result.law;
-    let mut t = Table::new(["coefficient", "value"]);
-    t.row(["E (irreducible loss)".to_owned(), format!("{:.6}", l.e)])
-        .row(["A".to_owned(), format!("{:.6}", l.a)])
-        .row(["B".to_owned(), format!("{:.6}", l.b)])
-        .row(["alpha".to_owned(), format!("{:.6}", l.alpha)])
-        .row(["beta".to_owned(), format!("{:.6}", l.beta)])
-        .row([
-            "objective (summed Huber)".to_owned(),
-            format!("{:.6e}", result.objective),
-        ])
-        .row([
-            "gradient norm".to_owned(),
-            format!("{:.3e}", result.gradient_norm),
-        ]);
-    let fields = kv(&[
-        ("e", l.e.into()),
-        ("a", l.a.into()),
-        ("b", l.b.into()),
-        ("alpha", l.alpha.into()),
-        ("beta", l.beta.into()),
-        ("objective", result.objective.into()),
-        ("gradient_norm", result.gradient_norm.into()),
-        ("delta", args.delta.into()),
-        ("runs", result.runs.into()),
-        ("starts", result.starts.into()),
-        ("failed_starts", result.failed_starts.into()),
-        ("iterations", result.iterations.into()),
-    ]);
-    let mut json = Value::Object(fields.iter().cloned().collect());
-    json["best_start"] = json!({
-        "alpha": result.best_start[0], "beta": result.best_start[1],
-        "e": result.best_start[2], "a": result.best_start[3], "b": result.best_start[4],
-    });
-    Report {
-        title: format!(
+    let best = result.best_start;
+    let out = FitReport {
+        e: l.e,
+        a: l.a,
+        b: l.b,
+        alpha: l.alpha,
+        beta: l.beta,
+        objective: result.objective,
+        gradient_norm: result.gradient_norm,
+        delta: args.delta,
+        runs: result.runs,
+        starts: result.starts,
+        failed_starts: result.failed_starts,
+        iterations: result.iterations,
+        best_start: StartPoint {
+            alpha: best[0],
+            beta: best[1],
+            e: best[2],
+            a: best[3],
+            b: best[4],
+        },
+    };
+    Report::of(
+        format!(
             "Chinchilla law fitted to {} runs of {} (Huber δ = {}, L-BFGS from {} starts)",
             result.runs,
             args.csv.display(),
             args.delta,
             result.starts
         ),
-        tables: vec![t],
-        notes: vec![
+        &out,
+        &[
+            Row("E (irreducible loss)", "e", Shown::Fixed(6)),
+            Row("A", "a", Shown::Fixed(6)),
+            Row("B", "b", Shown::Fixed(6)),
+            Row("alpha", "alpha", Shown::Fixed(6)),
+            Row("beta", "beta", Shown::Fixed(6)),
+            Row("objective (summed Huber)", "objective", Shown::Sci),
+            Row("gradient norm", "gradient_norm", Shown::Sci),
+        ],
+        vec![
             format!(
                 "L(N, D) = {:.4} + {:.2} / N^{:.4} + {:.2} / D^{:.4}",
                 l.e, l.a, l.alpha, l.b, l.beta
             ),
             "Use it: save `--json` output to a file and pass it to --law.".into(),
         ],
-        json,
-        csv_rows: vec![fields],
-    }
+    )?
     .print(Format::from_flags(args.json, args.csv_output))
+}
+
+/// The result of `kiln scaling fit` (its JSON — a law file `--law` reads — and CSV contract).
+#[derive(Serialize)]
+struct FitReport {
+    e: f64,
+    a: f64,
+    b: f64,
+    alpha: f64,
+    beta: f64,
+    objective: f64,
+    gradient_norm: f64,
+    delta: f64,
+    runs: usize,
+    starts: usize,
+    failed_starts: usize,
+    iterations: u64,
+    best_start: StartPoint,
+}
+
+/// The initial point `θ` of the best start.
+#[derive(Serialize)]
+struct StartPoint {
+    alpha: f64,
+    beta: f64,
+    e: f64,
+    a: f64,
+    b: f64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -800,7 +868,7 @@ fn sweep(args: SweepArgs) -> Result<(), CliError> {
             &points,
             &format!("Inference-aware optimum at loss {loss:.4} ({law_name})"),
         )?;
-        write_atomic(&args.output, svg.as_bytes())?;
+        kiln_checkpoint::write_atomic(&args.output, svg.as_bytes())?;
         notes.push(format!("plot written to {}", args.output.display()));
     }
     let mut t = Table::new([

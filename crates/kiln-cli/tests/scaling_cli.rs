@@ -326,7 +326,10 @@ fn csv_output_has_a_header_and_a_row() {
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
-    assert!(lines[0].starts_with("law,n_params,train_tokens"), "{text}");
+    assert!(
+        lines[0].starts_with("law.name,law.e,law.a,law.b,law.alpha,law.beta,n_params,train_tokens"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -406,4 +409,88 @@ fn help_explains_units_and_defaults() {
         help.contains("nats per token") && help.contains("inference demand in tokens"),
         "{help}"
     );
+}
+
+/// Review findings: `--params 1e300`, `--loss 1e300` and prices near f64's range printed `null` or
+/// 0 in JSON with exit 0; `--threads` took any number; the sweep could overwrite its law file.
+#[test]
+fn absurd_inputs_are_errors_naming_them() {
+    let err = |args: &[&str]| {
+        let o = kiln(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let e = err(&[
+        "scaling", "loss", "--params", "1e300", "--tokens", "1e12", "--json",
+    ]);
+    assert!(
+        e.contains("n_params 1e300") && e.contains("64-bit float"),
+        "{e}"
+    );
+    let e = err(&["scaling", "optimal", "--loss", "1e300", "--json"]);
+    assert!(e.contains("loss 1e300"), "{e}");
+    let e = err(&[
+        "scaling",
+        "cost",
+        "--loss",
+        "2.0",
+        "--requests",
+        "1e10",
+        "--input-tokens",
+        "100",
+        "--output-tokens",
+        "100",
+        "--train-price",
+        "1e307",
+        "--json",
+    ]);
+    assert!(
+        e.contains("`baseline.cost.train` is not a finite number") && e.contains("1e307"),
+        "{e}"
+    );
+    for args in [
+        &["scaling", "fit", "--csv", "x.csv", "--threads", "5000"][..],
+        &["scaling", "fit", "--csv", "x.csv", "--starts", "0"][..],
+        &["merge", "x.yml", "out", "--threads", "0"][..],
+    ] {
+        assert_eq!(kiln(args).status.code(), Some(2), "{args:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let law = dir.path().join("law.json");
+    std::fs::write(
+        &law,
+        r#"{"e": 1.69, "a": 406.4, "b": 410.7, "alpha": 0.336, "beta": 0.283}"#,
+    )
+    .unwrap();
+    let l = law.to_str().unwrap();
+    let e = err(&[
+        "scaling", "sweep", "--loss", "2.0", "--law", l, "--output", l,
+    ]);
+    assert!(e.contains("is the law file"), "{e}");
+    assert!(std::fs::read_to_string(&law).unwrap().starts_with('{'));
+}
+
+/// A fit's cost is visible: `--starts` picks a subset of the grid, and without a terminal a
+/// progress line is printed every 10%.
+#[test]
+fn fit_starts_are_configurable_and_progress_is_reported() {
+    let csv = scaling_dir().join("data/sardana2024_runs.csv");
+    let out = kiln(&[
+        "scaling",
+        "fit",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--starts",
+        "50",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["starts"], 50);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("50/50 starts"), "{stderr}");
 }

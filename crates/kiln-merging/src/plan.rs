@@ -454,15 +454,9 @@ impl MergePlan {
     }
 }
 
-/// `1.23 GB` style (decimal units, like shard sizes).
-pub(crate) fn bytes(b: u64) -> String {
-    let units = [(1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")];
-    units
-        .iter()
-        .find(|(s, _)| b as f64 >= *s)
-        .map_or(format!("{b} B"), |(s, u)| {
-            format!("{:.2} {u}", b as f64 / s)
-        })
+/// `1.23 GB` style (kiln-checkpoint's formatter).
+fn bytes(b: u64) -> String {
+    kiln_checkpoint::size::format(b as f64)
 }
 
 /// The layer of a tensor: its first purely numeric dotted component (`model.layers.12.mlp...`,

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result, positive};
+use crate::error::{Error, Result, positive, representable};
 use crate::law::ChinchillaLaw;
 
 /// FLOPs per parameter per training token (forward + backward), the `6` of `C = 6·N·D`.
@@ -77,9 +77,10 @@ pub fn compute_optimal(law: &ChinchillaLaw, flops: f64) -> Result<Allocation> {
     positive("flops (training FLOPs)", flops)?;
     let (g, a, b) = frontier_constants(law);
     let c6 = flops / TRAIN_FLOPS_PER_PARAM_TOKEN;
+    let input = || format!("training FLOPs {flops:e}");
     Ok(Allocation {
-        n_params: g * c6.powf(a),
-        train_tokens: c6.powf(b) / g,
+        n_params: representable("n_params (parameters)", g * c6.powf(a), input)?,
+        train_tokens: representable("train_tokens (tokens)", c6.powf(b) / g, input)?,
     })
 }
 
@@ -91,9 +92,18 @@ pub fn compute_optimal(law: &ChinchillaLaw, flops: f64) -> Result<Allocation> {
 pub fn for_loss(law: &ChinchillaLaw, loss: f64) -> Result<Allocation> {
     law.check_reachable(loss)?;
     let gap = loss - law.e;
+    let input = || format!("loss {loss:e}");
     Ok(Allocation {
-        n_params: (law.a * (1.0 + law.alpha / law.beta) / gap).powf(1.0 / law.alpha),
-        train_tokens: (law.b * (1.0 + law.beta / law.alpha) / gap).powf(1.0 / law.beta),
+        n_params: representable(
+            "n_params (parameters)",
+            (law.a * (1.0 + law.alpha / law.beta) / gap).powf(1.0 / law.alpha),
+            input,
+        )?,
+        train_tokens: representable(
+            "train_tokens (tokens)",
+            (law.b * (1.0 + law.beta / law.alpha) / gap).powf(1.0 / law.beta),
+            input,
+        )?,
     })
 }
 
@@ -105,7 +115,11 @@ pub fn for_loss(law: &ChinchillaLaw, loss: f64) -> Result<Allocation> {
 pub fn optimal_tokens_for_params(law: &ChinchillaLaw, n_params: f64) -> Result<f64> {
     positive("n_params (parameters)", n_params)?;
     let (g, a, _) = frontier_constants(law);
-    Ok((n_params / g).powf(1.0 / a) / n_params)
+    representable(
+        "compute-optimal train_tokens (tokens)",
+        (n_params / g).powf(1.0 / a) / n_params,
+        || format!("n_params {n_params:e}"),
+    )
 }
 
 /// The compute-optimal model for a training set of `train_tokens` tokens (inverse of
@@ -116,7 +130,11 @@ pub fn optimal_tokens_for_params(law: &ChinchillaLaw, n_params: f64) -> Result<f
 pub fn optimal_params_for_tokens(law: &ChinchillaLaw, train_tokens: f64) -> Result<f64> {
     positive("train_tokens (tokens)", train_tokens)?;
     let (g, _, b) = frontier_constants(law);
-    Ok((train_tokens * g).powf(1.0 / b) / train_tokens)
+    representable(
+        "compute-optimal n_params (parameters)",
+        (train_tokens * g).powf(1.0 / b) / train_tokens,
+        || format!("train_tokens {train_tokens:e}"),
+    )
 }
 
 /// Training tokens a model of `n_params` parameters needs to reach `loss`:
@@ -138,7 +156,11 @@ pub fn tokens_to_reach_loss(law: &ChinchillaLaw, n_params: f64, loss: f64) -> Re
             floor,
         });
     }
-    Ok((law.b / (loss - floor)).powf(1.0 / law.beta))
+    representable(
+        "train_tokens (tokens)",
+        (law.b / (loss - floor)).powf(1.0 / law.beta),
+        || format!("n_params {n_params:e} and loss {loss:e}"),
+    )
 }
 
 /// Parameters a model trained on `train_tokens` tokens needs to reach `loss`:
@@ -160,7 +182,11 @@ pub fn params_to_reach_loss(law: &ChinchillaLaw, train_tokens: f64, loss: f64) -
             floor,
         });
     }
-    Ok((law.a / (loss - floor)).powf(1.0 / law.alpha))
+    representable(
+        "n_params (parameters)",
+        (law.a / (loss - floor)).powf(1.0 / law.alpha),
+        || format!("train_tokens {train_tokens:e} and loss {loss:e}"),
+    )
 }
 
 #[cfg(test)]

@@ -26,6 +26,22 @@ pub enum Error {
         value: f64,
     },
 
+    /// A result that overflows or underflows `f64` (or rounds to zero) for inputs far outside
+    /// any model the law describes, e.g. `1e300` parameters or a loss of `1e300`.
+    #[error(
+        "{quantity} = {value:e} for {input}: the input is so far outside the range of real \
+         models that the result does not fit a 64-bit float; give a value within a few orders \
+         of magnitude of today's models"
+    )]
+    OutOfRange {
+        /// The computed quantity (with its unit).
+        quantity: &'static str,
+        /// What it came out as (`inf`, `0`, ...).
+        value: f64,
+        /// The input it came from, e.g. `"loss 1e300"`.
+        input: String,
+    },
+
     /// A target loss at or below the law's irreducible loss `E`: no finite model reaches it.
     #[error(
         "target loss {loss} is at or below the irreducible loss E = {e} of this law; \
@@ -173,6 +189,23 @@ pub(crate) fn positive(what: &'static str, value: f64) -> Result<f64> {
         Ok(value)
     } else {
         Err(Error::NotPositive { what, value })
+    }
+}
+
+/// Checks that a computed count is finite and greater than zero (no overflow, no underflow).
+pub(crate) fn representable(
+    quantity: &'static str,
+    value: f64,
+    input: impl FnOnce() -> String,
+) -> Result<f64> {
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(Error::OutOfRange {
+            quantity,
+            value,
+            input: input(),
+        })
     }
 }
 

@@ -87,12 +87,20 @@ pub struct FitOptions {
     pub grid: InitGrid,
     /// L-BFGS iterations per start (default 1,000).
     pub max_iters: u64,
-    /// Stop when the gradient's L2 norm falls below this (default 1e-13).
+    /// Stop when the gradient's L2 norm falls below this times the number of runs (default
+    /// 1e-13 per run). The objective is a sum over runs, so its gradient and its changes grow
+    /// with the data; tolerances per run keep the iterations, and the fit's time per run, from
+    /// growing with the number of runs.
     pub tol_grad: f64,
-    /// Stop when an iteration lowers the objective by less than this (default 1e-15).
+    /// Stop when an iteration lowers the objective by less than this times the number of runs
+    /// (default 1e-15 per run).
     pub tol_cost: f64,
     /// Worker threads; `None` uses rayon's global pool (all cores).
     pub threads: Option<usize>,
+    /// Run only this many starts, spread evenly over the grid (every `len/starts`-th point);
+    /// `None` runs every point. The fit costs about `starts × rows × iterations`: fewer starts
+    /// make large data sets affordable, at the risk of missing the best basin.
+    pub starts: Option<usize>,
 }
 
 impl Default for FitOptions {
@@ -104,6 +112,7 @@ impl Default for FitOptions {
             tol_grad: 1e-13,
             tol_cost: 1e-15,
             threads: None,
+            starts: None,
         }
     }
 }
@@ -253,6 +262,19 @@ struct StartResult {
 /// # Ok::<(), kiln_scaling_laws::Error>(())
 /// ```
 pub fn fit(runs: &[Run], options: &FitOptions) -> Result<FitResult> {
+    fit_with_progress(runs, options, &|_, _| {})
+}
+
+/// [`fit`], calling `progress(done, total)` after each start (from the worker threads), so a
+/// caller can show how far a long fit is.
+///
+/// # Errors
+/// As [`fit`].
+pub fn fit_with_progress(
+    runs: &[Run],
+    options: &FitOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<FitResult> {
     const MIN_RUNS: usize = 5;
     if runs.len() < MIN_RUNS {
         return Err(Error::TooFewRuns {
@@ -294,6 +316,19 @@ pub fn fit(runs: &[Run], options: &FitOptions) -> Result<FitResult> {
             message: "must be at least 1".into(),
         });
     }
+    let grid_len = options.grid.len();
+    let starts = match options.starts {
+        None => grid_len,
+        Some(k) if (1..=grid_len).contains(&k) => k,
+        Some(k) => {
+            return Err(Error::InvalidFitOption {
+                name: "starts",
+                message: format!("must be between 1 and the grid's {grid_len} points, got {k}"),
+            });
+        }
+    };
+    // Evenly spread over the grid's row-major order: j·len/starts.
+    let index_of = |j: usize| (j as u128 * grid_len as u128 / starts as u128) as usize;
     if options.threads == Some(0) {
         return Err(Error::InvalidFitOption {
             name: "threads",
@@ -302,13 +337,20 @@ pub fn fit(runs: &[Run], options: &FitOptions) -> Result<FitResult> {
     }
 
     let objective = HuberObjective::new(runs, options.delta);
-    let starts = options.grid.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
     let run_all = || -> (Option<StartResult>, usize) {
         (0..starts)
             .into_par_iter()
-            .map(|i| match run_start(&objective, options, i) {
-                Some(r) => (Some(r), 0),
-                None => (None, 1),
+            .map(|j| {
+                let r = run_start(&objective, options, index_of(j));
+                progress(
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+                    starts,
+                );
+                match r {
+                    Some(r) => (Some(r), 0),
+                    None => (None, 1),
+                }
             })
             .reduce(|| (None, 0), |(a, fa), (b, fb)| (better(a, b), fa + fb))
     };
@@ -373,9 +415,9 @@ fn run_start(
     let init = options.grid.point(index).to_vec();
     let linesearch = MoreThuenteLineSearch::new();
     let solver = LBFGS::new(linesearch, 10)
-        .with_tolerance_grad(options.tol_grad)
+        .with_tolerance_grad(options.tol_grad * objective.ln_n.len() as f64)
         .ok()?
-        .with_tolerance_cost(options.tol_cost)
+        .with_tolerance_cost(options.tol_cost * objective.ln_n.len() as f64)
         .ok()?;
     let result = Executor::new(objective.clone(), solver)
         .configure(|state| state.param(init).max_iters(options.max_iters))
