@@ -24,8 +24,9 @@ pub(crate) fn target_dir() -> Result<PathBuf> {
     ))
 }
 
-/// Mean time in seconds of a criterion benchmark, from its `estimates.json`.
-fn criterion_mean(target: &Path, group: &str, name: &str) -> Result<f64> {
+/// A criterion benchmark's median time and its 95% confidence interval, in seconds, from its
+/// `estimates.json` (criterion runs each benchmark many times).
+fn criterion_median(target: &Path, group: &str, name: &str) -> Result<Spread> {
     let path = target
         .join("criterion")
         .join(group)
@@ -34,10 +35,66 @@ fn criterion_mean(target: &Path, group: &str, name: &str) -> Result<f64> {
     let v: Value = serde_json::from_str(
         &std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?,
     )?;
-    Ok(v["mean"]["point_estimate"]
-        .as_f64()
-        .ok_or("estimates.json without a mean")?
-        * 1e-9)
+    let m = &v["median"];
+    let get = |x: &Value| x.as_f64().ok_or("estimates.json without a median");
+    Ok(Spread {
+        median: get(&m["point_estimate"])? * 1e-9,
+        low: get(&m["confidence_interval"]["lower_bound"])? * 1e-9,
+        high: get(&m["confidence_interval"]["upper_bound"])? * 1e-9,
+        runs: None,
+    })
+}
+
+/// A measurement repeated several times: its median and a spread (min–max of the runs, or a
+/// confidence interval).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Spread {
+    pub(crate) median: f64,
+    pub(crate) low: f64,
+    pub(crate) high: f64,
+    /// How many runs (`None`: a criterion estimate over its own samples).
+    pub(crate) runs: Option<usize>,
+}
+
+impl Spread {
+    /// Median, min and max of repeated measurements; `None` for none.
+    pub(crate) fn of(xs: &[f64]) -> Option<Self> {
+        if xs.is_empty() {
+            return None;
+        }
+        let mut v = xs.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            0.5 * (v[n / 2 - 1] + v[n / 2])
+        };
+        Some(Self {
+            median,
+            low: v[0],
+            high: v[n - 1],
+            runs: Some(n),
+        })
+    }
+
+    /// The values of a JSON list (or a single number).
+    pub(crate) fn from_json(v: &Value) -> Option<Self> {
+        match v {
+            Value::Array(a) => Self::of(&a.iter().filter_map(Value::as_f64).collect::<Vec<_>>()),
+            other => other.as_f64().and_then(|x| Self::of(&[x])),
+        }
+    }
+
+    /// `median (low–high)` with `show` formatting each number.
+    pub(crate) fn show(&self, show: impl Fn(f64) -> String) -> String {
+        format!(
+            "{} ({}–{})",
+            show(self.median),
+            show(self.low),
+            show(self.high)
+        )
+    }
 }
 
 pub(crate) fn machine() -> String {
@@ -81,11 +138,11 @@ pub(crate) fn scaling(args: &[&str]) -> Result {
     run("cargo", &["build", "--release", "-p", "kiln-cli"], &[])?;
     let target = target_dir()?;
     let kiln_bin = target.join("release/kiln");
-    let brent = criterion_mean(&target, "solve", "inference_optimal_brent")?;
-    let newton = criterion_mean(&target, "solve", "inference_optimal_newton")?;
-    let cost = criterion_mean(&target, "solve", "cost_optimal")?;
-    let fit_all = criterion_mean(&target, "fit", "grid4500_runs47")?;
-    let fit_one = criterion_mean(&target, "fit", "grid4500_runs47_1thread")?;
+    let brent = criterion_median(&target, "solve", "inference_optimal_brent")?;
+    let newton = criterion_median(&target, "solve", "inference_optimal_newton")?;
+    let cost = criterion_median(&target, "solve", "cost_optimal")?;
+    let fit_all = criterion_median(&target, "fit", "grid4500_runs47")?;
+    let fit_one = criterion_median(&target, "fit", "grid4500_runs47_1thread")?;
 
     let anchor_script = root().join("crates/kiln-scaling-laws/benches/anchor.py");
     eprintln!(
@@ -113,13 +170,20 @@ pub(crate) fn scaling(args: &[&str]) -> Result {
         }
     };
     let a = |key: &str| anchor.as_ref().and_then(|v| v[key].as_f64());
-    let cell = |x: Option<f64>| x.map_or("not run".to_owned(), time);
-    let ratio = |anchor: Option<f64>, kiln: f64| {
-        anchor.map_or("—".to_owned(), |s| format!("{:.0}×", s / kiln))
+    let spread = |key: &str| anchor.as_ref().and_then(|v| Spread::from_json(&v[key]));
+    let cell = |x: Option<Spread>| x.map_or("not run".to_owned(), |s| s.show(time));
+    let ratio = |anchor: Option<Spread>, kiln: Spread| {
+        anchor.map_or("—".to_owned(), |s| {
+            format!("{:.0}×", s.median / kiln.median)
+        })
     };
     let workers = anchor
         .as_ref()
         .and_then(|v| v["fit_pool_workers"].as_u64())
+        .unwrap_or(0);
+    let repeats = anchor
+        .as_ref()
+        .and_then(|v| v["repeats"].as_u64())
         .unwrap_or(0);
     let versions = anchor
         .as_ref()
@@ -132,6 +196,17 @@ pub(crate) fn scaling(args: &[&str]) -> Result {
             )
         })
         .unwrap_or_else(|| "anchor not run".into());
+    let mib = |x: Option<f64>| x.map_or("not measured".into(), |m| format!("{m:.1} MiB"));
+    // The objectives both fits reached, and how far apart they are.
+    let objectives = match (a("kiln_fit_objective"), a("fit_objective")) {
+        (Some(k), Some(p)) => format!(
+            "Objectives reached: kiln {k:.6e}, scipy {p:.6e} (kiln − scipy = {:+.2e}, relative {:+.2e}).",
+            k - p,
+            (k - p) / p
+        ),
+        _ => "Objectives: not compared (the anchor did not run).".into(),
+    };
+    let kiln_proc = spread("kiln_process_fit_s");
 
     let section = format!(
         "<!-- bench:scaling:start -->\n\
@@ -139,6 +214,8 @@ pub(crate) fn scaling(args: &[&str]) -> Result {
 Command: `cargo xtask bench scaling` (criterion, `benches/scaling.rs`, beside the scipy anchor \
 `benches/anchor.py` in the same run).\n\
 Machine: {machine}; anchor: {versions}.\n\n\
+Times are medians with their spread in parentheses: criterion's 95% confidence interval for \
+kiln's benchmarks, min–max of {repeats} runs for the anchor and for the kiln process.\n\n\
 | work | kiln | scipy anchor | anchor / kiln |\n\
 |---|---:|---:|---:|\n\
 | one inference-aware solve (loss 1.947, 2e12 tokens): kiln Brent on ln N / reference `scipy.optimize.newton` from 1e8 | {brent} | {py_solve} | {r_solve} |\n\
@@ -147,32 +224,30 @@ Machine: {machine}; anchor: {versions}.\n\n\
 | 4,500-start fit of the 47 runs, all cores (scipy: process pool of {workers}) | {fit_all} | {py_pool} | {r_pool} |\n\
 | 4,500-start fit, one thread / one process (scipy: 450 starts timed, ×10) | {fit_one} | {py_one} | {r_one} |\n\
 | `kiln scaling fit` as a process (whole command) | {proc_t} | | |\n\n\
-Peak resident memory: `kiln scaling fit` process {kiln_rss}; scipy single process {py_rss} (pool workers up to {pool_rss}). \
-The fit's working set is the runs themselves (O(runs)); memory does not grow with the number of starts.\n\
-Both fits reach the same objective (scipy {py_obj}); the anchor uses a vectorised numpy objective with the analytic \
-gradient, which is faster than the reference's per-row loop with finite differences. The single-process scipy figure is \
-extrapolated from every 10th start (a full run takes tens of minutes), so it is the rougher of the two anchor numbers.\n\
+Peak resident memory: `kiln scaling fit` process {kiln_rss}; scipy single process {py_rss}; scipy \
+pool workers {pool_rss} (measured in a process of their own). The fit's working set is the runs \
+themselves (O(runs)); memory does not grow with the number of starts.\n\
+{objectives} The anchor uses a vectorised numpy objective with the analytic gradient, which is \
+faster than the reference's per-row loop with finite differences. The single-process scipy figure \
+is extrapolated from every 10th start (a full run takes tens of minutes), so it is the rougher of \
+the two anchor numbers.\n\
 <!-- bench:scaling:end -->\n",
         machine = machine(),
-        brent = time(brent),
-        py_solve = cell(a("solve_newton_s")),
-        r_solve = ratio(a("solve_newton_s"), brent),
-        newton = time(newton),
-        cost = time(cost),
-        fit_all = time(fit_all),
-        py_pool = cell(a("fit_pool_s")),
-        r_pool = ratio(a("fit_pool_s"), fit_all),
-        fit_one = time(fit_one),
-        py_one = cell(a("fit_1proc_s")),
-        r_one = ratio(a("fit_1proc_s"), fit_one),
-        proc_t = cell(a("kiln_process_fit_s")),
-        kiln_rss =
-            a("kiln_process_peak_rss_mib").map_or("not measured".into(), |m| format!("{m:.1} MiB")),
-        py_rss =
-            a("fit_1proc_peak_rss_mib").map_or("not measured".into(), |m| format!("{m:.1} MiB")),
-        pool_rss = a("fit_pool_worker_peak_rss_mib")
-            .map_or("not measured".into(), |m| format!("{m:.1} MiB")),
-        py_obj = a("fit_objective").map_or("n/a".into(), |o| format!("{o:.6e}")),
+        brent = brent.show(time),
+        py_solve = cell(spread("solve_newton_s")),
+        r_solve = ratio(spread("solve_newton_s"), brent),
+        newton = newton.show(time),
+        cost = cost.show(time),
+        fit_all = fit_all.show(time),
+        py_pool = cell(spread("fit_pool_s")),
+        r_pool = ratio(spread("fit_pool_s"), fit_all),
+        fit_one = fit_one.show(time),
+        py_one = cell(spread("fit_1proc_s")),
+        r_one = ratio(spread("fit_1proc_s"), fit_one),
+        proc_t = cell(kiln_proc),
+        kiln_rss = mib(a("kiln_process_peak_rss_mib")),
+        py_rss = mib(a("fit_1proc_peak_rss_mib")),
+        pool_rss = mib(a("fit_pool_worker_peak_rss_mib")),
     );
     print!("{section}");
     record(&root().join("docs/BENCHMARKS.md"), "scaling", &section)

@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 
 use kiln_checkpoint::{CheckpointWriter, Dtype, ShardPlan, TensorSpec, dtype};
 
+use crate::bench::Spread;
 use crate::{Result, root, run};
+
+/// Runs of each tool per method.
+const REPEATS: usize = 3;
 
 const LAYERS: usize = 24;
 const WIDTH: usize = 1024;
@@ -240,76 +244,89 @@ pub(crate) fn merge(args: &[&str]) -> Result {
     let _ = io_floor(&inputs, 0, &work.join("scratch"))?;
     let mut rows = Vec::new();
     for (method, cfg) in [("ties", "ties.yml"), ("linear", "linear.yml")] {
-        let read: u64 = if method == "ties" {
-            inputs.iter().map(|d| dir_bytes(d)).sum()
-        } else {
-            input_bytes
-        };
-        let out = work.join(format!("out-kiln-{method}"));
-        let _ = std::fs::remove_dir_all(&out);
-        let k = measure(
-            kiln.to_str().ok_or("path")?,
-            &["merge", cfg, out.to_str().ok_or("path")?, "--force"],
-            &work,
-            &[],
-        )?;
-        let out_bytes = dir_bytes(&out);
-        let floor = io_floor(&inputs, out_bytes, &work.join("scratch"))?;
-        let _ = std::fs::remove_dir_all(&out);
-        let m = if mergekit {
-            let out = work.join(format!("out-mergekit-{method}"));
-            let _ = std::fs::remove_dir_all(&out);
-            let r = measure(
-                "mergekit-yaml",
-                &[
-                    cfg,
-                    out.to_str().ok_or("path")?,
-                    "--no-write-model-card",
-                    "--out-shard-size",
-                    "5B",
-                    "--random-seed",
-                    "0",
-                ],
+        let read: u64 = input_bytes;
+        let out_kiln = work.join(format!("out-kiln-{method}"));
+        let out_mergekit = work.join(format!("out-mergekit-{method}"));
+        let (mut k, mut m, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        let mut out_bytes = 0;
+        // The tools take turns, REPEATS times, so a slow phase of the machine hits both.
+        for _ in 0..REPEATS {
+            let _ = std::fs::remove_dir_all(&out_kiln);
+            k.push(measure(
+                kiln.to_str().ok_or("path")?,
+                &["merge", cfg, out_kiln.to_str().ok_or("path")?, "--force"],
                 &work,
-                &[("HF_HUB_OFFLINE", "1")],
-            );
-            let _ = std::fs::remove_dir_all(&out);
-            Some(r?)
-        } else {
-            None
-        };
+                &[],
+            )?);
+            out_bytes = dir_bytes(&out_kiln);
+            let _ = std::fs::remove_dir_all(&out_kiln);
+            floor.push(io_floor(&inputs, out_bytes, &work.join("scratch"))?);
+            if mergekit {
+                let _ = std::fs::remove_dir_all(&out_mergekit);
+                let r = measure(
+                    "mergekit-yaml",
+                    &[
+                        cfg,
+                        out_mergekit.to_str().ok_or("path")?,
+                        "--no-write-model-card",
+                        "--out-shard-size",
+                        "5B",
+                        "--random-seed",
+                        "0",
+                    ],
+                    &work,
+                    &[("HF_HUB_OFFLINE", "1")],
+                );
+                let _ = std::fs::remove_dir_all(&out_mergekit);
+                m.push(r?);
+            }
+        }
         rows.push((method, read, out_bytes, k, m, floor));
     }
 
     let gb = |b: u64| b as f64 / 1e9;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let spread = |xs: Vec<f64>| Spread::of(&xs).ok_or("no measurements");
     let mut table = String::from(
         "| method | tool | wall time | throughput (read + written) | peak RSS | vs. I/O floor |\n|---|---|---:|---:|---:|---:|\n",
     );
     let mut ratios = String::new();
     for (method, read, written, k, m, floor) in &rows {
         let total = gb(read + written);
-        table.push_str(&format!(
-            "| {method} | kiln | {:.2} s | {:.2} GB/s | {:.0} MiB | {:.2}× |\n",
-            k.seconds,
-            total / k.seconds,
-            mib(k.peak_rss),
-            k.seconds / floor
-        ));
-        match m {
-            Some(m) => {
-                table.push_str(&format!(
-                    "| {method} | mergekit | {:.2} s | {:.2} GB/s | {:.0} MiB | {:.2}× |\n",
-                    m.seconds,
-                    total / m.seconds,
-                    mib(m.peak_rss),
-                    m.seconds / floor
-                ));
-                ratios.push_str(&format!("- {method}: kiln is {:.1}× faster than mergekit and uses {:.0}% of its peak memory.\n", m.seconds / k.seconds, 100.0 * k.peak_rss as f64 / m.peak_rss.max(1) as f64));
-            }
-            None => table.push_str(&format!("| {method} | mergekit | not installed | | | |\n")),
+        let floor = spread(floor.clone())?;
+        let row = |tool: &str, runs: &[Measured]| -> Result<(String, Spread, Spread)> {
+            let t = spread(runs.iter().map(|r| r.seconds).collect())?;
+            let rss = spread(runs.iter().map(|r| mib(r.peak_rss)).collect())?;
+            Ok((
+                format!(
+                    "| {method} | {tool} | {} | {:.2} GB/s | {} | {:.2}× |\n",
+                    t.show(|x| format!("{x:.2} s")),
+                    total / t.median,
+                    rss.show(|x| format!("{x:.0} MiB")),
+                    t.median / floor.median
+                ),
+                t,
+                rss,
+            ))
+        };
+        let (line, kt, krss) = row("kiln", k)?;
+        table.push_str(&line);
+        if m.is_empty() {
+            table.push_str(&format!("| {method} | mergekit | not installed | | | |\n"));
+        } else {
+            let (line, mt, mrss) = row("mergekit", m)?;
+            table.push_str(&line);
+            ratios.push_str(&format!(
+                "- {method}: kiln is {:.1}× faster than mergekit (medians) and uses {:.0}% of its peak memory.\n",
+                mt.median / kt.median,
+                100.0 * krss.median / mrss.median.max(1e-9)
+            ));
         }
-        table.push_str(&format!("| {method} | I/O floor: read inputs + write output once | {floor:.2} s | {:.2} GB/s | | 1.00× |\n", total / floor));
+        table.push_str(&format!(
+            "| {method} | I/O floor: read inputs + write output once | {} | {:.2} GB/s | | 1.00× |\n",
+            floor.show(|x| format!("{x:.2} s")),
+            total / floor.median
+        ));
     }
     let largest = (VOCAB * WIDTH * 2) as f64 / (1024.0 * 1024.0);
     let mergekit_version = Command::new("python3")
@@ -327,8 +344,8 @@ pub(crate) fn merge(args: &[&str]) -> Result {
 ## kiln merge\n\n\
 Command: `cargo xtask bench merge`. Three bf16 checkpoints with a GPT-2-medium layout ({LAYERS} layers × {WIDTH}, vocabulary {VOCAB}; \
 {:.2} GB each, two shards) merged into bf16 with f32 arithmetic; `ties` (density 0.3, two task vectors) and `linear` (three models). \
-kiln and mergekit ({mergekit_version}) run the same YAML, one after the other, on a warm page cache; peak RSS is the process's VmHWM. \
-The largest tensor (the embedding) is {largest:.0} MiB in bf16.\n\
+kiln and mergekit ({mergekit_version}) run the same YAML, taking turns {REPEATS} times, on a warm page cache; peak RSS is the process's VmHWM. \
+Each cell is the median of the {REPEATS} runs with their min–max in parentheses. The largest tensor (the embedding) is {largest:.0} MiB in bf16.\n\
 Machine: {}.\n\n{table}\n{ratios}\
 <!-- bench:merge:end -->\n",
         gb(input_bytes / 3),

@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use crate::bench::Spread;
 use crate::{Result, root};
 
 pub(crate) fn models(args: &[&str]) -> Result {
@@ -12,7 +13,7 @@ pub(crate) fn models(args: &[&str]) -> Result {
     let kiln = crate::bench::kiln_json_bench("kiln-models", "models")?;
     let (torch, threads) =
         crate::bench::torch_anchor(&root().join("crates/kiln-models/benches/torch_anchor.py"))?;
-    let num = |v: &Value, k: &str| v[k].as_f64();
+    let spread = |v: &Value, k: &str| Spread::from_json(&v[k]);
     let mut table = String::from(
         "| model | pass | kiln (burn flex) tokens/s | PyTorch CPU tokens/s | kiln / PyTorch |\n|---|---|---:|---:|---:|\n",
     );
@@ -24,14 +25,17 @@ pub(crate) fn models(args: &[&str]) -> Result {
             ("forward", "forward_tokens_per_s"),
             ("forward + backward", "train_tokens_per_s"),
         ] {
-            let k = num(&kiln, &format!("{model}_{key}")).unwrap_or(f64::NAN);
+            let k = spread(&kiln, &format!("{model}_{key}"))
+                .ok_or("the kiln bench printed no rates")?;
             let t = torch
                 .as_ref()
-                .and_then(|t| num(t, &format!("{model}_{key}")));
+                .and_then(|t| spread(t, &format!("{model}_{key}")));
+            let rate = |x: f64| format!("{x:.0}");
             table.push_str(&format!(
-                "| {label} | {pass} | {k:.0} | {} | {} |\n",
-                t.map_or("not run".into(), |t| format!("{t:.0}")),
-                t.map_or("—".into(), |t| format!("{:.2}×", k / t))
+                "| {label} | {pass} | {} | {} | {} |\n",
+                k.show(rate),
+                t.map_or("not run".into(), |t| t.show(rate)),
+                t.map_or("—".into(), |t| format!("{:.2}×", k.median / t.median))
             ));
         }
     }
@@ -43,8 +47,8 @@ pub(crate) fn models(args: &[&str]) -> Result {
         "<!-- bench:models:start -->\n\
 ## kiln-models (CPU)\n\n\
 Command: `cargo xtask bench models` (`crates/kiln-models/benches/models.rs`, release build, beside \
-`benches/torch_anchor.py` in the same run). Batch 4 × 128 tokens, random weights, dropout off; median of 5 runs after a \
-warm-up; forward without autodiff, forward + backward of the LM/MLM loss with it. PyTorch {torch_version} with {threads} threads.\n\
+`benches/torch_anchor.py` in the same run). Batch 4 × 128 tokens, random weights, dropout off; each cell is the median of 5 runs after a \
+warm-up with their min–max in parentheses; forward without autodiff, forward + backward of the LM/MLM loss with it. PyTorch {torch_version} with {threads} threads.\n\
 Machine: {}.\n\n{table}\
 <!-- bench:models:end -->\n",
         crate::bench::machine()

@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use crate::bench::Spread;
 use crate::{Result, root};
 
 pub(crate) fn train(args: &[&str]) -> Result {
@@ -12,28 +13,29 @@ pub(crate) fn train(args: &[&str]) -> Result {
     let kiln = crate::bench::kiln_json_bench("kiln-train", "train_step")?;
     let (torch, threads) =
         crate::bench::torch_anchor(&root().join("crates/kiln-train/benches/torch_train_step.py"))?;
-    let num = |v: &Value, k: &str| v[k].as_f64();
+    let steps = |v: &Value, k: &str| Spread::from_json(&v[k]);
+    let tokens =
+        (kiln["batch"].as_f64().unwrap_or(f64::NAN)) * kiln["seq"].as_f64().unwrap_or(f64::NAN);
     let mut table = String::from(
         "| model | kiln step (ms) | kiln tokens/s | PyTorch step (ms) | PyTorch tokens/s | kiln / PyTorch |\n|---|---:|---:|---:|---:|---:|\n",
     );
+    let ms = |x: f64| format!("{:.1}", x * 1e3);
+    let rate = |s: &Spread| format!("{:.0}", tokens / s.median);
     for (key, label) in [
         ("bert", "BERT layout (learned positions, GELU)"),
         ("mosaic_bert", "MosaicBERT layout (ALiBi, GeGLU)"),
     ] {
-        let ks = num(&kiln, &format!("{key}_step_s")).unwrap_or(f64::NAN);
-        let kt = num(&kiln, &format!("{key}_tokens_per_s")).unwrap_or(f64::NAN);
-        let t = torch.as_ref().and_then(|t| {
-            Some((
-                num(t, &format!("{key}_step_s"))?,
-                num(t, &format!("{key}_tokens_per_s"))?,
-            ))
-        });
+        let k = steps(&kiln, &format!("{key}_step_s")).ok_or("the kiln bench printed no steps")?;
+        let t = torch
+            .as_ref()
+            .and_then(|t| steps(t, &format!("{key}_step_s")));
         table.push_str(&format!(
-            "| {label} | {:.1} | {kt:.0} | {} | {} | {} |\n",
-            ks * 1e3,
-            t.map_or("—".into(), |t| format!("{:.1}", t.0 * 1e3)),
-            t.map_or("—".into(), |t| format!("{:.0}", t.1)),
-            t.map_or("—".into(), |t| format!("{:.2}×", kt / t.1)),
+            "| {label} | {} | {} | {} | {} | {} |\n",
+            k.show(ms),
+            rate(&k),
+            t.map_or("—".into(), |t| t.show(ms)),
+            t.map_or("—".into(), |t| rate(&t)),
+            t.map_or("—".into(), |t| format!("{:.2}×", t.median / k.median)),
         ));
     }
     let torch_version = torch
@@ -46,7 +48,7 @@ pub(crate) fn train(args: &[&str]) -> Result {
 Command: `cargo xtask bench train` (`crates/kiln-train/benches/train_step.rs`, release build, beside \
 `benches/torch_train_step.py` in the same run). Hidden 64, 2 layers, 4 heads, MLP 128, vocabulary 1,024, dropout 0.1; \
 batch 32 × 64 tokens; one step = forward, MLM loss on every 7th position, backward, global-norm clipping at 1.0, AdamW; \
-median of 20 steps after 2 warm-up steps. The PyTorch step is transformers' `BertForMaskedLM` with `torch.optim.AdamW` and \
+steps are the median of 20 steps after 2 warm-up steps, with their min–max in parentheses; tokens/s from the median. The PyTorch step is transformers' `BertForMaskedLM` with `torch.optim.AdamW` and \
 `clip_grad_norm_` (transformers has no MosaicBERT, so that row has no anchor). PyTorch {torch_version} with {threads} threads.\n\
 Machine: {}.\n\n{table}\
 <!-- bench:train:end -->\n",

@@ -20,6 +20,7 @@ use kiln_data::shards::{TokenShard, write_shard};
 use kiln_data::tokenizer::{Tokenizer, TokenizerKind};
 use kiln_models::bert::{BertConfig, BertForMaskedLm, BertForSequenceClassification};
 use kiln_schedules::{DataMix, Duration, LrSchedule, MaskingSchedule};
+use kiln_train::burn::module::Module;
 use kiln_train::burn::tensor::Device;
 use kiln_train::tasks::{ClassificationTask, LabelledSequence, MlmTask, MlmTaskConfig};
 use kiln_train::{OptimizerConfig, Trainer, TrainerConfig};
@@ -130,6 +131,8 @@ struct RunResult {
     probe_mcc: f64,
     seconds: f64,
     tokens_per_s: f64,
+    /// Parameters of the pretrained model (encoder and MLM head), counted on the module.
+    params: usize,
 }
 
 pub(crate) fn command(args: &[&str]) -> Result {
@@ -334,6 +337,7 @@ fn run_one(
     };
     device.seed(seed);
     let model = BertForMaskedLm::init(&config, &device)?;
+    let params = model.num_params();
     // The paper's recipe, scaled: decoupled AdamW (0.9, 0.98), ε 1e-6, wd 1e-5, 6% warmup, linear
     // decay to 0.02 of the peak.
     let optimizer = OptimizerConfig::Adamw {
@@ -399,6 +403,7 @@ fn run_one(
         probe_mcc: probed.eval.get("mcc").copied().unwrap_or(0.0),
         seconds,
         tokens_per_s,
+        params,
     })
 }
 
@@ -631,23 +636,17 @@ fn report(setup: &Setup, results: &[RunResult]) -> String {
          (kiln-data, checked against transformers' collator), evaluation at a fixed 15% — but the scale is not: a model of about \
          {:.2}M parameters, {} sequences of {} tokens per step and a generated corpus far simpler than C4, and a single \
          synthetic probe instead of GLUE. The paper's effect is +0.46 GLUE points measured over 15 runs per cell; nothing here \
-         confirms or refutes that number. The full run (`cargo xtask repro masking`, {} seeds) took {:.0} minutes of training on \
-         2 CPU cores; `--quick` (1 seed, {} steps) runs in CI and only checks that pretraining learns.\n",
-        param_estimate(setup) / 1e6,
+         confirms or refutes that number. This run ({} seed(s)) took {:.0} minutes of pretraining and fine-tuning on {}; \
+         `--quick` (1 seed, {} steps) runs in CI and only checks that pretraining learns.\n",
+        results.first().map_or(0, |r| r.params) as f64 / 1e6,
         setup.batch,
         setup.seq_len,
         setup.seeds.len(),
         results.iter().map(|r| r.seconds).sum::<f64>() / 60.0,
+        crate::bench::machine(),
         Setup::new(true).pretrain_steps,
     );
     md
-}
-
-/// Encoder parameters without embeddings, plus embeddings.
-fn param_estimate(s: &Setup) -> f64 {
-    let d = s.hidden as f64;
-    let per_layer = 4.0 * d * d + 3.0 * d * s.intermediate as f64 + 10.0 * d;
-    s.layers as f64 * per_layer + (s.vocab as f64 + 2.0) * d + d * d
 }
 
 fn plot(results: &[RunResult]) -> Result<String> {

@@ -23,18 +23,25 @@ fn ids(vocab: usize, device: &Device) -> Tensor<2, Int> {
     .int()
 }
 
-/// Median seconds of `f` over `reps` runs after one warm-up.
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+/// Seconds of each of `reps` runs of `f`, after one warm-up.
+fn time(reps: usize, mut f: impl FnMut()) -> Vec<f64> {
     f();
-    let mut t: Vec<f64> = (0..reps)
+    (0..reps)
         .map(|_| {
             let s = Instant::now();
             f();
             s.elapsed().as_secs_f64()
         })
-        .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[t.len() / 2]
+        .collect()
+}
+
+/// Tokens per second of each run.
+fn rates(tokens: f64, seconds: &[f64]) -> serde_json::Value {
+    seconds
+        .iter()
+        .map(|s| tokens / s)
+        .collect::<Vec<_>>()
+        .into()
 }
 
 fn main() {
@@ -69,8 +76,8 @@ fn main() {
         let _ = loss.backward();
     });
     out.insert("gpt2_params".into(), cfg.num_params().into());
-    out.insert("gpt2_forward_tokens_per_s".into(), (tokens / fwd).into());
-    out.insert("gpt2_train_tokens_per_s".into(), (tokens / fwd_bwd).into());
+    out.insert("gpt2_forward_tokens_per_s".into(), rates(tokens, &fwd));
+    out.insert("gpt2_train_tokens_per_s".into(), rates(tokens, &fwd_bwd));
 
     // BERT-base MLM.
     let cfg = BertConfig {
@@ -111,7 +118,7 @@ fn main() {
         let _ = loss.backward();
     });
     out.insert("bert_params".into(), cfg.num_params().into());
-    out.insert("bert_forward_tokens_per_s".into(), (tokens / fwd).into());
-    out.insert("bert_train_tokens_per_s".into(), (tokens / fwd_bwd).into());
+    out.insert("bert_forward_tokens_per_s".into(), rates(tokens, &fwd));
+    out.insert("bert_train_tokens_per_s".into(), rates(tokens, &fwd_bwd));
     println!("{}", serde_json::Value::Object(out));
 }

@@ -1,14 +1,13 @@
 #!/usr/bin/env python3
 """PyTorch CPU anchor for `cargo xtask bench models`: the same models and batch as benches/models.rs
 (GPT-2 small LM and BERT-base MLM, batch 4 × 128, dropout off), forward under no_grad and
-forward + backward; median of N runs after a warm-up. Prints one JSON object.
+forward + backward; every one of N runs after a warm-up. Prints one JSON object.
 Usage: python3 torch_anchor.py [--reps N] [--threads T]
 """
 
 import argparse
 import json
 import os
-import statistics
 import time
 
 import torch
@@ -18,13 +17,18 @@ B, S = 4, 128
 
 
 def timed(reps, f):
+    """Seconds of each of `reps` runs after a warm-up."""
     f()
     out = []
     for _ in range(reps):
         t = time.perf_counter()
         f()
         out.append(time.perf_counter() - t)
-    return statistics.median(out)
+    return out
+
+
+def rates(seconds):
+    return [B * S / s for s in seconds]
 
 
 def main():
@@ -47,8 +51,8 @@ def main():
         gpt2.zero_grad()
         gpt2(input_ids=ids, labels=ids).loss.backward()
 
-    out["gpt2_forward_tokens_per_s"] = B * S / timed(a.reps, fwd)
-    out["gpt2_train_tokens_per_s"] = B * S / timed(a.reps, train)
+    out["gpt2_forward_tokens_per_s"] = rates(timed(a.reps, fwd))
+    out["gpt2_train_tokens_per_s"] = rates(timed(a.reps, train))
 
     bert = BertForMaskedLM(BertConfig(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).train()
     ids = torch.randint(0, 30522, (B, S))
@@ -63,8 +67,8 @@ def main():
         bert.zero_grad()
         bert(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss.backward()
 
-    out["bert_forward_tokens_per_s"] = B * S / timed(a.reps, bfwd)
-    out["bert_train_tokens_per_s"] = B * S / timed(a.reps, btrain)
+    out["bert_forward_tokens_per_s"] = rates(timed(a.reps, bfwd))
+    out["bert_train_tokens_per_s"] = rates(timed(a.reps, btrain))
     print(json.dumps(out))
 
 

@@ -9,7 +9,12 @@
   scaled to 4,500.
 
 With --kiln BIN it also runs `BIN scaling fit` on the same CSV as a child process first, so both
-tools' wall time and peak resident memory are measured by the same harness.
+tools' wall time, peak resident memory and final objective are measured by the same harness.
+
+Every timing is repeated (`--repeats`, default 3) and reported as a list of seconds, so the caller
+shows the median and the spread. Peak memory of the process-pool workers is measured in a child
+process of its own (`--stage pool`): `RUSAGE_CHILDREN` covers every child a process has waited
+for, so measured in this process it would include the kiln process run before.
 
 Prints one JSON object (seconds, MiB). Needs numpy and scipy (`pip install numpy scipy`).
 Usage: python3 anchor.py [--repeats N] [--kiln target/release/kiln]
@@ -24,6 +29,7 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 
 import scipy
@@ -89,48 +95,65 @@ def load():
     return np.log(arr[:, 0]), np.log(arr[:, 1]), np.log(arr[:, 2])
 
 
+def pool_stage(repeats):
+    """The process-pool fit, in a process whose only children are the pool's workers."""
+    data = load()
+    times, best = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with multiprocessing.Pool(initializer=_init, initargs=(data,)) as pool:
+            best = min(pool.map(_start, GRID, chunksize=50))
+        times.append(time.perf_counter() - t0)
+    print(json.dumps(dict(fit_pool_s=times, fit_objective=best, fit_pool_workers=os.cpu_count(),
+                          fit_pool_worker_peak_rss_mib=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)))
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kiln", help="path of a release `kiln` binary to measure as a child process")
+    parser.add_argument("--stage", choices=["pool"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    out = dict(python=platform.python_version(), numpy=np.__version__, scipy=scipy.__version__)
+    if args.stage == "pool":
+        pool_stage(args.repeats)
+        return
+    out = dict(python=platform.python_version(), numpy=np.__version__, scipy=scipy.__version__, repeats=args.repeats)
 
     if args.kiln:
         # Before any other child exists, so RUSAGE_CHILDREN's peak is kiln's alone.
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            subprocess.run([args.kiln, "scaling", "fit", "--csv", CSV, "--json"], check=True, capture_output=True)
+            done = subprocess.run([args.kiln, "scaling", "fit", "--csv", CSV, "--json"], check=True, capture_output=True)
             times.append(time.perf_counter() - t0)
-        out["kiln_process_fit_s"] = sum(times) / len(times)
+        out["kiln_process_fit_s"] = times
         out["kiln_process_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        out["kiln_fit_objective"] = json.loads(done.stdout)["objective"]
 
     n_solves = 2000
-    t0 = time.perf_counter()
-    for _ in range(n_solves):
-        solve(1.947, 2e12)
-    out["solve_newton_s"] = (time.perf_counter() - t0) / n_solves
-
-    data = load()
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        with multiprocessing.Pool(initializer=_init, initargs=(data,)) as pool:
-            best = min(pool.map(_start, GRID, chunksize=50))
-        times.append(time.perf_counter() - t0)
-    out["fit_pool_s"] = sum(times) / len(times)
-    out["fit_pool_worker_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    out["fit_pool_workers"] = os.cpu_count()
-    out["fit_objective"] = best
+        for _ in range(n_solves):
+            solve(1.947, 2e12)
+        times.append((time.perf_counter() - t0) / n_solves)
+    out["solve_newton_s"] = times
+
+    pool = subprocess.run([sys.executable, os.path.abspath(__file__), "--stage", "pool", "--repeats", str(args.repeats)],
+                          check=True, capture_output=True, text=True)
+    out.update(json.loads(pool.stdout))
 
     # One process over every 10th start, scaled to 4,500 (a full single-process run takes
     # tens of minutes on two cores).
+    data = load()
     _init(data)
     subset = GRID[::10]
-    t0 = time.perf_counter()
-    min(_start(x) for x in subset)
-    out["fit_1proc_s"] = (time.perf_counter() - t0) * len(GRID) / len(subset)
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        min(_start(x) for x in subset)
+        times.append((time.perf_counter() - t0) * len(GRID) / len(subset))
+    out["fit_1proc_s"] = times
     out["fit_1proc_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
 
