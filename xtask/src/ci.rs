@@ -43,6 +43,21 @@ pub(crate) fn run_ci(no_test: bool) -> Result {
         ],
         &[("DOCS_RS", "1")],
     )?;
+    // kiln-train as the lean hub plug-in crates depend on: without its model tasks.
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "-p",
+            "kiln-train",
+            "--no-default-features",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
     // Pipelines in --quick mode, writing outside the repository.
     let out = std::env::temp_dir().join(format!("kiln-ci-repro-{}", std::process::id()));
     let out_str = out.to_str().ok_or("temporary directory is not UTF-8")?;
