@@ -47,7 +47,7 @@ pub(crate) struct CheckArgs {
     /// Fixtures to compare, comma-separated [default: all].
     #[arg(long, value_delimiter = ',', value_enum)]
     pub(crate) parity: Vec<Fixture>,
-    /// Throughput runs as MODEL:DTYPE:AUTOTUNE[:nofusion], comma-separated (MODEL gpt2|bert,
+    /// Throughput runs as `MODEL:DTYPE:AUTOTUNE[:nofusion]`, comma-separated (MODEL gpt2|bert,
     /// DTYPE f32|bf16, AUTOTUNE default|minimal) [default: all eight with fusion, plus the four
     /// default-autotune runs without fusion when --no-fusion-binary is given].
     #[arg(long, value_delimiter = ',', value_parser = parse_run)]
