@@ -68,7 +68,6 @@ struct Active {
     staging: PathBuf,
     target: PathBuf,
     aside: Option<PathBuf>,
-    committed: bool,
 }
 
 static ACTIVE: Mutex<Vec<Active>> = Mutex::new(Vec::new());
@@ -85,7 +84,6 @@ fn register(staging: &Path, target: &Path) -> u64 {
         staging: staging.to_owned(),
         target: target.to_owned(),
         aside: None,
-        committed: false,
     });
     id
 }
@@ -115,21 +113,18 @@ pub fn interrupt_cleanup() -> Vec<PathBuf> {
     touched
 }
 
-/// Undoes and forgets `entries`: staging removed, an aside target moved back.
+/// Undoes and forgets `entries` (outputs not yet committed: committed ones leave the registry):
+/// staging removed, an aside target moved back.
 fn undo(entries: &mut Vec<Active>) -> Vec<PathBuf> {
     let mut touched = Vec::new();
     for a in entries.drain(..) {
         if let Some(aside) = &a.aside
-            && !a.committed
             && std::fs::symlink_metadata(&a.target).is_err()
             && std::fs::rename(aside, &a.target).is_ok()
         {
             touched.push(a.target.clone());
         }
-        if !a.committed
-            && std::fs::symlink_metadata(&a.staging).is_ok()
-            && remove_any(&a.staging).is_ok()
-        {
+        if std::fs::symlink_metadata(&a.staging).is_ok() && remove_any(&a.staging).is_ok() {
             touched.push(a.staging.clone());
         }
     }
@@ -641,7 +636,6 @@ mod tests {
             staging: staging.clone(),
             target: out.clone(),
             aside: Some(aside.clone()),
-            committed: false,
         }];
         let touched = undo(&mut entries);
         assert_eq!(touched, [out.clone(), staging.clone()]);

@@ -97,9 +97,11 @@ pub(crate) fn run(args: MergeArgs) -> Result<(), CliError> {
         &[("the merge config".to_owned(), args.config.clone())],
     )?;
     // Repair an interrupted `--force` replacement of OUT_DIR first, and say so, whatever the
-    // rest of this run does.
-    for r in kiln_checkpoint::recover(&args.out_dir)? {
-        eprintln!("note: {}: {r}", args.out_dir.display());
+    // rest of this run does (a dry run changes nothing).
+    if !args.dry_run {
+        for r in kiln_checkpoint::recover(&args.out_dir)? {
+            eprintln!("note: {}: {r}", args.out_dir.display());
+        }
     }
     let config = MergeConfig::from_file(&args.config)?;
     let options = MergeOptions {

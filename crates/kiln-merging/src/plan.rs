@@ -110,12 +110,15 @@ pub struct MergePlan {
 }
 
 impl MergePlan {
-    /// Opens the inputs (read-only) and plans the merge.
+    /// Opens the inputs (read-only) and plans the merge. Planning writes nothing and reads only
+    /// the inputs' headers; an interrupted `--force` replacement of the output is repaired when
+    /// the run creates it (`kiln_checkpoint::AtomicDir::create`), or beforehand with
+    /// `kiln_checkpoint::recover` (as `kiln merge` does).
     ///
     /// # Errors
     /// An output that is, lies inside or contains an input (after resolving symlinks:
     /// `kiln_checkpoint::Error::OutputOverlapsInput`); an existing output directory without
-    /// `force`; a replacement of it that was interrupted and cannot be repaired; the checkpoint
+    /// `force`; the checkpoint
     /// errors of opening the inputs;
     /// [`Error::MissingTensor`], [`Error::ShapeMismatch`], [`Error::DtypeMismatch`],
     /// [`Error::Parameter`] for values out of range or not applying to some tensor.
@@ -131,9 +134,6 @@ impl MergePlan {
         // Refused with or without `force`: replacing an output that contains an input would
         // delete the input, and an output inside an input would write into it.
         kiln_checkpoint::paths::check_output(&options.out_dir, &inputs)?;
-        for r in kiln_checkpoint::recover(&options.out_dir)? {
-            warnings.push(format!("{}: {r}", options.out_dir.display()));
-        }
         if options.out_dir.exists() && !options.force {
             return Err(kiln_checkpoint::Error::OutputExists {
                 path: options.out_dir.clone(),

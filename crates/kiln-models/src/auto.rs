@@ -77,12 +77,17 @@ impl ModelInfo {
     /// implement, or an invalid config; I/O errors.
     pub fn read(path: &Path, ckpt: &Checkpoint) -> Result<Self> {
         let config_file = config_path(path);
-        let text = std::fs::read_to_string(&config_file).map_err(|source| Error::Io {
-            path: config_file.clone(),
-            source,
-        })?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| config_err(format!("{}: {e}", config_file.display())))?;
+        // The checkpoint parsed config.json when it opened; it is not read again.
+        let json = ckpt
+            .config()
+            .map(|c| c.json().clone())
+            .ok_or_else(|| Error::Io {
+                path: config_file.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no config.json beside the weights; kiln needs it to know the model",
+                ),
+            })?;
         let named = json
             .get("architectures")
             .and_then(|a| a.get(0))

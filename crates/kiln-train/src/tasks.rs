@@ -381,7 +381,9 @@ impl ClassificationTask {
             return Ok(());
         }
         let c = &model.bert.bert.config;
-        let labels = model.classifier.weight.dims()[1];
+        // `lazy_shape`: reading a parameter's dims would draw a fresh model's lazy
+        // initialisation now, in another order than its first forward pass does.
+        let labels = model.classifier.weight.lazy_shape()[1];
         let positions = (!c.uses_alibi()).then_some(c.max_position_embeddings);
         let bad = |message: String| Err(Error::Config { message });
         if self.pad_id as usize >= c.vocab_size {
