@@ -270,13 +270,25 @@ pub(crate) fn record(path: &Path, name: &str, section: &str) -> Result {
     Ok(())
 }
 
-/// Runs `cargo bench -p PKG --bench NAME` and parses the JSON object it prints last.
-pub(crate) fn kiln_json_bench(package: &str, bench: &str) -> Result<serde_json::Value> {
-    eprintln!("$ cargo bench -p {package} --bench {bench}");
-    let out = std::process::Command::new("cargo")
-        .args(["bench", "-p", package, "--bench", bench])
-        .current_dir(crate::root())
-        .output()?;
+/// Runs `cargo bench -p PKG --bench NAME` and parses the JSON object it prints last, with rayon
+/// (burn flex's matmul threads and kiln's fused CPU ops) limited to `threads` through
+/// `RAYON_NUM_THREADS`; `None` leaves every core.
+pub(crate) fn kiln_json_bench_with(
+    package: &str,
+    bench: &str,
+    threads: Option<usize>,
+) -> Result<serde_json::Value> {
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.args(["bench", "-p", package, "--bench", bench])
+        .current_dir(crate::root());
+    match threads {
+        Some(t) => {
+            eprintln!("$ RAYON_NUM_THREADS={t} cargo bench -p {package} --bench {bench}");
+            cmd.env("RAYON_NUM_THREADS", t.to_string());
+        }
+        None => eprintln!("$ cargo bench -p {package} --bench {bench}"),
+    }
+    let out = cmd.output()?;
     if !out.status.success() {
         return Err(format!(
             "the kiln bench failed:\n{}",
@@ -292,32 +304,52 @@ pub(crate) fn kiln_json_bench(package: &str, bench: &str) -> Result<serde_json::
     )?)
 }
 
-/// Runs a PyTorch anchor script with `--threads` set to this machine's cores; `None` (with the
-/// reason on stderr) when python3 or torch is missing, so the kiln side is still recorded.
-pub(crate) fn torch_anchor(script: &Path) -> Result<(Option<serde_json::Value>, String)> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .to_string();
-    eprintln!("$ python3 {} --threads {threads}", script.display());
-    let value = match std::process::Command::new("python3")
-        .arg(script)
-        .args(["--threads", &threads])
-        .output()
-    {
-        Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout)?),
-        Ok(o) => {
-            eprintln!(
-                "PyTorch anchor failed (is torch installed?): {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("cannot run python3: {e}");
-            None
-        }
-    };
-    Ok((value, threads))
+/// This machine's cores (what "all threads" means in the benchmarks).
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The thread counts the CPU training benchmarks compare: 1 and every core.
+pub(crate) fn thread_counts() -> Vec<usize> {
+    let mut t = vec![1, cores()];
+    t.dedup();
+    t
+}
+
+/// Runs a PyTorch anchor script with `--threads THREADS` and `extra` arguments; `None` (with
+/// the reason on stderr) when python3 or torch is missing.
+pub(crate) fn torch_anchor_with(
+    script: &Path,
+    threads: usize,
+    extra: &[&str],
+) -> Result<Option<serde_json::Value>> {
+    let threads = threads.to_string();
+    eprintln!(
+        "$ python3 {} --threads {threads} {}",
+        script.display(),
+        extra.join(" ")
+    );
+    Ok(
+        match std::process::Command::new("python3")
+            .arg(script)
+            .args(["--threads", &threads])
+            .args(extra)
+            .output()
+        {
+            Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout)?),
+            Ok(o) => {
+                eprintln!(
+                    "PyTorch anchor failed (is torch installed?): {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("cannot run python3: {e}");
+                None
+            }
+        },
+    )
 }
 
 #[cfg(test)]

@@ -14,6 +14,9 @@
 //! cargo xtask bench train                   one tiny-BERT training step: burn flex vs PyTorch CPU
 //! cargo xtask bench merge                    kiln merge vs mergekit on GPT-2-medium-sized checkpoints
 //! cargo xtask bench models                   burn flex vs PyTorch CPU tokens/s (GPT-2 small, BERT-base)
+//! cargo xtask profile train|models [--before REV]
+//!                                            where a CPU step's time goes (perf; torch.profiler) → docs/BENCHMARKS.md
+//! cargo xtask flex-patch test|bench          the burn-flex patch kiln proposes upstream: tested / measured
 //! ```
 
 mod bench;
@@ -21,7 +24,9 @@ mod bench_merge;
 mod bench_models;
 mod bench_train;
 mod ci;
+mod flex_patch;
 mod gpu_check;
+mod profile;
 mod repro_masking;
 mod repro_scaling;
 
@@ -58,11 +63,22 @@ commands:
                                     beside PyTorch → docs/BENCHMARKS.md
   bench train                       one training step of a tiny BERT (forward, MLM loss, backward, clipping,
                                     AdamW) on the CPU, beside PyTorch → docs/BENCHMARKS.md
+  profile train|models [--before REV]
+                                    where the CPU time of those benches goes, by category (matmul, element-wise,
+                                    memory, RNG, threading): perf for kiln (needs `perf`), torch.profiler for
+                                    PyTorch; --before also profiles git revision REV (a worktree under the
+                                    target directory) → docs/BENCHMARKS.md
+  flex-patch test|bench             patches/burn-flex-0.22.1-parallel-elementwise.patch (parallel element-wise
+                                    ops in burn's CPU backend, proposed upstream, not used by kiln) applied to a
+                                    copy of burn-flex: `test` runs burn-flex's and kiln's tests with it, `bench`
+                                    the training benches with and without it beside PyTorch → docs/BENCHMARKS.md
   bench merge                       merge three ~0.7 GB bf16 GPT-2-medium checkpoints (ties, linear) with
                                     kiln and, if installed, mergekit; time, GB/s, peak RSS → docs/BENCHMARKS.md
 ";
 
 fn main() -> ExitCode {
+    // The reproductions train in this process: glibc malloc tuned as kiln's binaries do.
+    kiln_models::cpu::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
@@ -74,6 +90,8 @@ fn main() -> ExitCode {
         ["bench", "merge", rest @ ..] => bench_merge::merge(rest),
         ["bench", "models", rest @ ..] => bench_models::models(rest),
         ["bench", "train", rest @ ..] => bench_train::train(rest),
+        ["profile", rest @ ..] => profile::command(rest),
+        ["flex-patch", rest @ ..] => flex_patch::command(rest),
         ["help" | "--help" | "-h"] | [] => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -70,7 +70,13 @@ fn main() -> ExitCode {
     });
     let result = match cli.command {
         Command::Merge(args) => merge::run(args),
-        Command::Run(cmd) => run::run(cmd),
+        Command::Run(cmd) => {
+            // glibc malloc tuned for model loops (never changes results; see
+            // kiln_models::cpu::tune_allocator; KILN_MALLOC_TUNING=0 turns it off). Not for
+            // `merge`, which streams and keeps its memory small.
+            kiln_models::cpu::tune_allocator();
+            run::run(cmd)
+        }
         Command::Scaling(cmd) => scaling::run(*cmd),
     };
     match result {

@@ -61,6 +61,9 @@ const FUSION: bool = cfg!(any(feature = "cuda", feature = "wgpu"));
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // glibc malloc tuned for training and inference loops (never changes results; see
+    // kiln_models::cpu::tune_allocator, KILN_MALLOC_TUNING=0 turns it off).
+    kiln_models::cpu::tune_allocator();
     let result = match cli.command {
         Some(Child::Measure {
             device,

@@ -45,6 +45,7 @@ fn rates(tokens: f64, seconds: &[f64]) -> serde_json::Value {
 }
 
 fn main() {
+    kiln_models::cpu::tune_allocator();
     let reps: usize = std::env::var("KILN_BENCH_REPS")
         .ok()
         .and_then(|v| v.parse().ok())

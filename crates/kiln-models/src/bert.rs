@@ -19,7 +19,7 @@ use burn::nn::{
 };
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
-use burn::tensor::activation::{gelu, tanh};
+use burn::tensor::activation::tanh;
 use kiln_checkpoint::{Checkpoint, Dtype};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,7 @@ use crate::common::{
     Activation, LayerNormPrecision, config_path, cross_entropy, layer_norm_in, merge_heads,
     multi_head_attention, split_heads, weighted_cross_entropy, zero_bias,
 };
+use crate::cpu::{DropoutExt, tied_projection};
 use crate::error::{Error, Result, config_err};
 use crate::weights::{LoadOptions, WeightLoader, WeightWriter, set};
 
@@ -475,7 +476,7 @@ impl BertModel {
             x = x + t.forward(tt);
         }
         self.embeddings_dropout
-            .forward(self.ln(&self.embeddings_ln, x))
+            .apply(self.ln(&self.embeddings_ln, x))
     }
 
     fn attention_bias(&self, b: usize, l: usize, device: &Device) -> Option<Tensor<4>> {
@@ -490,7 +491,7 @@ impl BertModel {
             BertMlp::Dense(DenseMlp {
                 intermediate,
                 output,
-            }) => layer.hidden_dropout.forward(
+            }) => layer.hidden_dropout.apply(
                 output.forward(
                     self.config
                         .hidden_act
@@ -500,8 +501,8 @@ impl BertModel {
             BertMlp::Glu(GluMlp { gated, wo }) => {
                 let i = self.config.intermediate_size;
                 let g = gated.forward(a.clone());
-                let h = gelu(g.clone().narrow(2, 0, i)) * g.narrow(2, i, i);
-                wo.forward(layer.hidden_dropout.forward(h))
+                let h = crate::cpu::gelu(g.clone().narrow(2, 0, i)) * g.narrow(2, i, i);
+                wo.forward(layer.hidden_dropout.apply(h))
             }
         };
         self.ln(&layer.mlp_ln, y + a)
@@ -590,7 +591,7 @@ impl BertModel {
         let x = h.reshape([b * l, d]).select(0, subset);
         let a = self.ln(
             &last.attn_ln,
-            last.hidden_dropout.forward(last.attn_out.forward(attn)) + x,
+            last.hidden_dropout.apply(last.attn_out.forward(attn)) + x,
         );
         self.mlp(last, a.unsqueeze::<3>()).squeeze_dim(0)
     }
@@ -635,7 +636,7 @@ impl BertModel {
                         &layer.attn_ln,
                         layer
                             .hidden_dropout
-                            .forward(layer.attn_out.forward(u.gather(attn)))
+                            .apply(layer.attn_out.forward(u.gather(attn)))
                             + x,
                     );
                     x = self.mlp(layer, a.unsqueeze::<3>()).squeeze_dim(0);
@@ -648,7 +649,7 @@ impl BertModel {
                     let attn = self.attention(layer, x.clone(), key_padding.clone(), bias.clone());
                     let a = self.ln(
                         &layer.attn_ln,
-                        layer.hidden_dropout.forward(layer.attn_out.forward(attn)) + x,
+                        layer.hidden_dropout.apply(layer.attn_out.forward(attn)) + x,
                     );
                     x = self.mlp(layer, a);
                 }
@@ -986,7 +987,7 @@ impl BertForMaskedLm {
                 .forward(self.transform.forward(h)),
         );
         let w = self.bert.word_embeddings.weight.val();
-        t.matmul(w.transpose().unsqueeze()) + self.decoder_bias.val().unsqueeze()
+        tied_projection(t, w) + self.decoder_bias.val().unsqueeze()
     }
 
     /// Token logits `[B, L, vocab]`.
@@ -1178,7 +1179,7 @@ impl BertForSequenceClassification {
         attention_mask: Option<Tensor<2, Int>>,
     ) -> Tensor<2> {
         let (_, pooled) = self.bert.forward(input_ids, token_type_ids, attention_mask);
-        self.classifier.forward(self.dropout.forward(pooled))
+        self.classifier.forward(self.dropout.apply(pooled))
     }
 
     /// Cross-entropy against integer labels `[B]`, or, with one output column (regression), the
@@ -1295,7 +1296,7 @@ impl BertForTokenClassification {
         attention_mask: Option<Tensor<2, Int>>,
     ) -> Tensor<3> {
         self.classifier
-            .forward(self.dropout.forward(self.bert.forward(
+            .forward(self.dropout.apply(self.bert.forward(
                 input_ids,
                 token_type_ids,
                 attention_mask,

@@ -9,6 +9,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use serde::{Deserialize, Serialize};
 
+use crate::cpu::{DropoutExt, nll_rows};
 use crate::error::{Result, config_err};
 
 /// Activation functions by their Hugging Face names.
@@ -51,8 +52,8 @@ impl Activation {
     /// Applies the activation.
     pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            Self::Gelu => activation::gelu(x),
-            Self::GeluTanh => activation::gelu_approximate(x),
+            Self::Gelu => crate::cpu::gelu(x),
+            Self::GeluTanh => crate::cpu::gelu_tanh(x),
             Self::Relu => activation::relu(x),
             Self::Silu => activation::silu(x),
             Self::QuickGelu => x.clone() * activation::sigmoid(x.mul_scalar(1.702)),
@@ -190,30 +191,34 @@ fn explicit_attention(
     if let Some(bias) = bias {
         scores = scores + bias;
     }
-    dropout.forward(activation::softmax(scores, 3)).matmul(v)
+    dropout.apply(activation::softmax(scores, 3)).matmul(v)
 }
 
-/// Mean cross-entropy of `logits` `[N, C]` against `labels` `[N]` (nats).
+/// Mean cross-entropy of `logits` `[N, C]` against `labels` `[N]` (nats). On flex the loss and
+/// its gradient are computed in one fused pass ([`crate::cpu::nll_rows`]).
 pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
-    let n = labels.dims()[0];
-    activation::log_softmax(logits, 1)
-        .gather(1, labels.reshape([n, 1]))
-        .neg()
-        .mean()
+    nll_rows(logits, labels, None).mean()
 }
 
 /// Cross-entropy of `logits` `[N, C]` against `targets` `[N]`, averaged with `weights` `[N]`
-/// (a row of weight 0 does not count): `Σ wᵢ·nllᵢ / Σ wᵢ`.
+/// (a row of weight 0 does not count and is not computed): `Σ wᵢ·nllᵢ / Σ wᵢ`.
 pub(crate) fn weighted_cross_entropy(
     logits: Tensor<2>,
     targets: Tensor<1, Int>,
     weights: Tensor<1>,
 ) -> Tensor<1> {
-    let n = targets.dims()[0];
-    let nll = activation::log_softmax(logits, 1)
-        .gather(1, targets.reshape([n, 1]))
-        .reshape([n])
-        .neg();
+    let skip: Option<Vec<bool>> = crate::cpu::is_flex(&weights.device())
+        .then(|| {
+            weights
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .ok()
+        })
+        .flatten()
+        .map(|w| w.iter().map(|&w| w == 0.0).collect());
+    let nll = nll_rows(logits, targets, skip.as_deref());
     (nll * weights.clone()).sum() / weights.sum()
 }
 
@@ -240,6 +245,7 @@ mod tests {
     #[test]
     fn explicit_scores_equal_the_fused_op_with_bias_and_padding() {
         let device = Device::flex();
+        let _rng = crate::TEST_RNG.lock().unwrap_or_else(|e| e.into_inner());
         device.seed(3);
         let [b, h, l, dh] = [2, 3, 5, 4];
         let qkv = || Tensor::<4>::random([b, h, l, dh], Distribution::Normal(0.0, 1.0), &device);

@@ -21,6 +21,7 @@ use crate::common::{
     Activation, config_path, merge_heads, multi_head_attention, split_heads,
     weighted_cross_entropy, zero_bias,
 };
+use crate::cpu::{DropoutExt, tied_projection};
 use crate::error::{Error, Result, config_err};
 use crate::weights::{LoadOptions, WeightLoader, WeightWriter};
 
@@ -436,7 +437,7 @@ impl Gpt2Attention {
             &self.attn_dropout,
         );
         self.resid_dropout
-            .forward(self.c_proj.forward(merge_heads(y)))
+            .apply(self.c_proj.forward(merge_heads(y)))
     }
 }
 
@@ -478,7 +479,7 @@ impl Gpt2Model {
         if let Some(tt) = token_type_ids {
             x = x + self.wte.forward(tt);
         }
-        x = self.drop.forward(x);
+        x = self.drop.apply(x);
         let key_padding = attention_mask.map(|m| m.equal_elem(0));
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize(self.h.len(), None);
@@ -489,7 +490,7 @@ impl Gpt2Model {
                 .attn
                 .forward(block.ln_1.forward(x.clone()), key_padding.clone(), slot);
             x = x + a;
-            let m = block.mlp.dropout.forward(
+            let m = block.mlp.dropout.apply(
                 block.mlp.c_proj.forward(
                     block
                         .mlp
@@ -659,7 +660,7 @@ impl Gpt2LmHead {
         );
         match &self.lm_head {
             Some(head) => head.forward(h),
-            None => h.matmul(self.transformer.wte.weight.val().transpose().unsqueeze()),
+            None => tied_projection(h, self.transformer.wte.weight.val()),
         }
     }
 

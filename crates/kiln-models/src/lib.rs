@@ -40,6 +40,7 @@
 pub mod auto;
 pub mod bert;
 mod common;
+pub mod cpu;
 mod device;
 mod error;
 pub mod generate;
@@ -48,6 +49,11 @@ mod weights;
 
 /// The burn version kiln-models is built on (use it to build inputs and read outputs).
 pub use burn;
+
+/// Held by unit tests that seed burn's process-wide flex random generator and then draw from
+/// it, so that they do not interleave.
+#[cfg(test)]
+pub(crate) static TEST_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub use common::{Activation, LayerNormPrecision};
 pub use device::{device_from_env, device_from_name};
 pub use error::{Error, Result};

@@ -47,6 +47,7 @@ fn batch(device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Tensor<2, Int>) {
 }
 
 fn main() {
+    kiln_models::cpu::tune_allocator();
     let reps: usize = std::env::var("KILN_BENCH_REPS")
         .ok()
         .and_then(|v| v.parse().ok())

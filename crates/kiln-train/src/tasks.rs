@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use burn::module::Module;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_data::mixture::{MixtureSampler, MixtureState};
 use kiln_data::mlm::{MlmBatch, MlmCollator};
@@ -499,11 +498,8 @@ impl TrainTask<BertForSequenceClassification> for ClassificationTask {
         let rows: Vec<&LabelledSequence> = idx.iter().map(|&i| &self.train[i]).collect();
         let (ids, mask, labels) = self.pad(&rows, &self.device);
         let logits = model.forward(ids.clone(), None, Some(mask.clone()));
-        let b = rows.len();
-        let nll = log_softmax(logits.clone(), 1)
-            .gather(1, labels.clone().reshape([b, 1]))
-            .reshape([b])
-            .neg();
+        // Per-example negative log-likelihoods (fused with their gradient on flex).
+        let nll = kiln_models::cpu::nll_rows(logits.clone(), labels.clone(), None);
         Ok(StepOutput::new(nll.clone().mean())
             .with_per_example_loss(nll)
             .with_predictions(Predictions::per_example(logits, labels))
