@@ -122,7 +122,11 @@ fn test() -> Result {
     let manifest = copy.join("Cargo.toml");
     let manifest = manifest.to_string_lossy();
     // burn-flex's own unit tests, the patch's new one among them.
-    let out = cargo_in(&root(), &["test", "--manifest-path", &manifest, "--lib"], &[])?;
+    let out = cargo_in(
+        &root(),
+        &["test", "--manifest-path", &manifest, "--lib"],
+        &[],
+    )?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
     let tree = worktree()?;
     let config = patch_config(&copy);

@@ -201,24 +201,33 @@ pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
 }
 
 /// Cross-entropy of `logits` `[N, C]` against `targets` `[N]`, averaged with `weights` `[N]`
-/// (a row of weight 0 does not count and is not computed): `Σ wᵢ·nllᵢ / Σ wᵢ`.
+/// (a row of weight 0 does not count): `Σ wᵢ·nllᵢ / Σ wᵢ`. On flex the rows of weight 0 are
+/// dropped before the loss (an MLM batch labels about one position in seven), so neither the
+/// loss nor its gradient touches them.
 pub(crate) fn weighted_cross_entropy(
     logits: Tensor<2>,
     targets: Tensor<1, Int>,
     weights: Tensor<1>,
 ) -> Tensor<1> {
-    let skip: Option<Vec<bool>> = crate::cpu::is_flex(&weights.device())
+    let n = targets.dims()[0];
+    let kept: Option<Vec<i64>> = crate::cpu::is_flex(&weights.device())
         .then(|| {
-            weights
-                .clone()
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .ok()
+            let w = weights.clone().into_data().convert::<f32>();
+            w.try_into_vec::<f32>().ok()
         })
         .flatten()
-        .map(|w| w.iter().map(|&w| w == 0.0).collect());
-    let nll = nll_rows(logits, targets, skip.as_deref());
+        .map(|w| (0..n as i64).filter(|&i| w[i as usize] != 0.0).collect());
+    if let Some(kept) = kept.filter(|k| !k.is_empty() && k.len() < n) {
+        let k = kept.len();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(kept, [k]), &weights.device());
+        let nll = nll_rows(
+            logits.select(0, idx.clone()),
+            targets.select(0, idx.clone()),
+            None,
+        );
+        return (nll * weights.clone().select(0, idx)).sum() / weights.sum();
+    }
+    let nll = nll_rows(logits, targets, None);
     (nll * weights.clone()).sum() / weights.sum()
 }
 
@@ -279,5 +288,56 @@ mod tests {
         );
         let diff = (fused - explicit).abs().max().into_scalar::<f32>();
         assert!(diff < 1e-5, "{diff}");
+    }
+
+    /// Dropping the rows of weight 0 (flex) gives the same loss and gradient as weighting every
+    /// row with `log_softmax`.
+    #[test]
+    fn weighted_cross_entropy_skips_zero_rows_exactly() {
+        let device = Device::flex().autodiff();
+        let (n, c) = (14, 9);
+        let x: Vec<f32> = (0..n * c)
+            .map(|i| ((i * 7919) % 97) as f32 / 9.0 - 5.0)
+            .collect();
+        let t: Vec<i64> = (0..n as i64).map(|i| (i * 5) % c as i64).collect();
+        let w: Vec<f32> = (0..n)
+            .map(|i| {
+                if i % 3 == 0 {
+                    0.0
+                } else {
+                    0.5 + i as f32 / 10.0
+                }
+            })
+            .collect();
+        let run = |fused: bool| {
+            let logits =
+                Tensor::<2>::from_data(TensorData::new(x.clone(), [n, c]), &device).require_grad();
+            let targets = Tensor::<1, Int>::from_data(TensorData::new(t.clone(), [n]), &device);
+            let weights = Tensor::<1>::from_data(TensorData::new(w.clone(), [n]), &device);
+            let loss = if fused {
+                weighted_cross_entropy(logits.clone(), targets, weights)
+            } else {
+                let nll = activation::log_softmax(logits.clone(), 1)
+                    .gather(1, targets.reshape([n, 1]))
+                    .reshape([n])
+                    .neg();
+                (nll * weights.clone()).sum() / weights.sum()
+            };
+            let g = logits.grad(&loss.backward()).unwrap();
+            let v = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().unwrap();
+            (v(loss.inner()), v(g.reshape([-1])))
+        };
+        let ((l, g), (l_ref, g_ref)) = (run(true), run(false));
+        assert!((l[0] - l_ref[0]).abs() < 1e-6, "{l:?} vs {l_ref:?}");
+        let worst = g
+            .iter()
+            .zip(&g_ref)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-6, "gradient differs by {worst}");
+        assert!(
+            g[..c].iter().all(|&v| v == 0.0),
+            "a row of weight 0 gets no gradient"
+        );
     }
 }

@@ -25,6 +25,19 @@
 //! gradient burn derives through the one multiply is `upstream·d` — the analytic backward.
 //! Results do not depend on the number of threads. Tests compare values and gradients with the
 //! unfused burn expressions.
+//!
+//! ```
+//! use kiln_models::burn::tensor::{Device, Int, Tensor};
+//! use kiln_models::cpu;
+//!
+//! cpu::tune_allocator(); // once, at start-up (glibc only; a no-op elsewhere)
+//! let device = Device::flex().autodiff();
+//! let logits = Tensor::<2>::from_floats([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]], &device).require_grad();
+//! let labels = Tensor::<1, Int>::from_ints([0, 2], &device);
+//! let nll = cpu::nll_rows(cpu::gelu_tanh(logits.clone()), labels, None);
+//! let grads = nll.mean().backward();
+//! assert_eq!(logits.grad(&grads).unwrap().dims(), [2, 3]);
+//! ```
 
 use burn::nn::Dropout;
 use burn::prelude::*;
