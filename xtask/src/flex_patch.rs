@@ -1,4 +1,4 @@
-//! `cargo xtask flex-patch test|bench`: the burn-flex patch kiln proposes upstream
+//! `cargo xtask flex-patch test|bench`: a burn-flex patch kiln prepared for upstream
 //! (`patches/burn-flex-0.22.1-parallel-elementwise.patch`), applied to a copy of the released
 //! crate, tested and measured — without kiln depending on it.
 //!
@@ -249,12 +249,18 @@ fn bench() -> Result {
             ));
         }
     }
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
     let section = format!(
         "<!-- bench:flex-patch:start -->\n\
-## burn-flex with parallel element-wise ops (a patch kiln proposes, not one it carries)\n\n\
+## burn-flex with parallel element-wise ops (a patch prepared for upstream, not carried by kiln)\n\n\
 Command: `cargo xtask flex-patch bench`: `{PATCH}` applied to a copy of burn-flex 0.22.1, kiln's \
 benches built against the released and the patched crate (`--config patch.crates-io.burn-flex.path=…` \
-in a worktree of HEAD), on 1 thread and on every core, beside PyTorch {torch_version} in the same run. \
+in a worktree of HEAD, {commit}), on 1 thread and on every core, beside PyTorch {torch_version} in the same run. \
 Tokens/s, median of 20 steps (tiny BERT) or 5 runs (GPT-2 small, BERT-base; batch 4 × 128) with \
 min–max in parentheses. `cargo xtask flex-patch test` runs burn-flex's unit tests (the patch adds one) \
 and kiln-models'/kiln-train's tests (transformers parity, autoresume) with it.\n\

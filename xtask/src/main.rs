@@ -16,7 +16,7 @@
 //! cargo xtask bench models                   burn flex vs PyTorch CPU tokens/s (GPT-2 small, BERT-base)
 //! cargo xtask profile train|models [--before REV]
 //!                                            where a CPU step's time goes (perf; torch.profiler) → docs/BENCHMARKS.md
-//! cargo xtask flex-patch test|bench          the burn-flex patch kiln proposes upstream: tested / measured
+//! cargo xtask flex-patch test|bench          a burn-flex patch prepared for upstream: tested / measured
 //! ```
 
 mod bench;
@@ -69,7 +69,7 @@ commands:
                                     PyTorch; --before also profiles git revision REV (a worktree under the
                                     target directory) → docs/BENCHMARKS.md
   flex-patch test|bench             patches/burn-flex-0.22.1-parallel-elementwise.patch (parallel element-wise
-                                    ops in burn's CPU backend, proposed upstream, not used by kiln) applied to a
+                                    ops in burn's CPU backend, prepared for upstream, not used by kiln) applied to a
                                     copy of burn-flex: `test` runs burn-flex's and kiln's tests with it, `bench`
                                     the training benches with and without it beside PyTorch → docs/BENCHMARKS.md
   bench merge                       merge three ~0.7 GB bf16 GPT-2-medium checkpoints (ties, linear) with
