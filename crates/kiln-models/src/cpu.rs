@@ -311,14 +311,14 @@ pub(crate) fn dropout_mask(seed: u64, n: usize, keep: f64) -> Vec<f32> {
 }
 
 /// Tunes glibc's `malloc` for training loops: every block comes from the heap instead of a
-/// fresh `mmap` (`M_MMAP_MAX` 0; `M_MMAP_THRESHOLD` 32 MiB for allocators that ignore it), and
+/// fresh `mmap` (`M_MMAP_MAX` 0, with `M_MMAP_THRESHOLD` at its 32 MiB maximum as well), and
 /// freed memory stays mapped (`M_TRIM_THRESHOLD` 1 GiB, `M_TOP_PAD` 64 MiB), so a step's
 /// activations, gradients and logits reuse the previous step's pages instead of faulting in new
 /// zeroed ones. Cost: the process keeps freed heap memory (up to about 1 GiB at the top, and
-/// whatever fragmentation leaves in the middle) instead of returning it; on the GPT-2-small
-/// benchmark peak RSS stayed within 3% of the default. kiln's training and inference binaries and
-/// its benchmarks call it at start-up (not `kiln merge`, which streams); a library user can too.
-/// It never affects results.
+/// whatever fragmentation leaves in the middle) instead of returning it to the system; where
+/// memory is tight, compare peak RSS with `KILN_MALLOC_TUNING=0`. kiln's training and inference
+/// binaries and its benchmarks call it at start-up (not `kiln merge`, which streams); a library
+/// user can too. It never affects results.
 ///
 /// Does nothing (and returns `false`) off Linux/glibc, when `KILN_MALLOC_TUNING=0`, or when the
 /// user already tunes malloc through `GLIBC_TUNABLES` or a `MALLOC_*` variable.
