@@ -48,7 +48,7 @@ commands:
   repro masking [--quick] [--out DIR] [--device cpu|cuda[:N]] [--steps N] [--finetune-steps N] [--seeds A,B,C]
                                     pretrain a small MosaicBERT-style encoder on the built-in corpus with
                                     constant 15%, constant 30% and linear 30%->15% masking (3 seeds × 1200
-                                    steps, about an hour on 2 cores; --quick:
+                                    steps, about a quarter of an hour on 2 cores; --quick:
                                     1 seed, 120 steps), evaluate MLM loss at 15% and an acceptability probe
                                     → DIR (default docs/reproductions): masking.md + masking-curves.svg
   gpu-check build                   build kiln-gpu-check for CUDA without network (DOCS_RS=1, NVRTC kernels,
