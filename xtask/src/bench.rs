@@ -24,6 +24,29 @@ pub(crate) fn target_dir() -> Result<PathBuf> {
     ))
 }
 
+/// A fresh detached worktree of `rev` under the target directory (`worktrees/NAME`), for
+/// building another revision beside this checkout without touching it.
+pub(crate) fn worktree(rev: &str, name: &str) -> Result<PathBuf> {
+    let dir = target_dir()?.join("worktrees").join(name);
+    let dir_s = dir.to_string_lossy().into_owned();
+    if dir.exists() {
+        run("git", &["worktree", "remove", "--force", &dir_s], &[])?;
+    }
+    run("git", &["worktree", "prune"], &[])?;
+    run("git", &["worktree", "add", "--detach", &dir_s, rev], &[])?;
+    Ok(dir)
+}
+
+/// The JSON object a bench or anchor printed on its last line of standard output.
+pub(crate) fn last_json(stdout: &[u8]) -> Result<Value> {
+    Ok(serde_json::from_str(
+        String::from_utf8_lossy(stdout)
+            .lines()
+            .last()
+            .ok_or("no bench output")?,
+    )?)
+}
+
 /// A criterion benchmark's median time and its 95% confidence interval, in seconds, from its
 /// `estimates.json` (criterion runs each benchmark many times).
 fn criterion_median(target: &Path, group: &str, name: &str) -> Result<Spread> {
@@ -296,12 +319,7 @@ pub(crate) fn kiln_json_bench_with(
         )
         .into());
     }
-    Ok(serde_json::from_str(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .ok_or("no bench output")?,
-    )?)
+    last_json(&out.stdout)
 }
 
 /// This machine's cores (what "all threads" means in the benchmarks).

@@ -33,12 +33,6 @@ pub(crate) fn command(args: &[&str]) -> Result {
     }
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
-}
-
 /// A fresh copy of the released burn-flex with the patch applied; returns its directory.
 fn patched_copy() -> Result<PathBuf> {
     let meta = Command::new("cargo")
@@ -54,7 +48,7 @@ fn patched_copy() -> Result<PathBuf> {
         .and_then(|p| p["manifest_path"].as_str())
         .ok_or("burn-flex 0.22.1 is not in the dependency graph")?;
     let source = Path::new(manifest).parent().ok_or("bad manifest path")?;
-    let copy = target_dir().join("flex-patch/burn-flex-0.22.1");
+    let copy = crate::bench::target_dir()?.join("flex-patch/burn-flex-0.22.1");
     if copy.exists() {
         std::fs::remove_dir_all(&copy)?;
     }
@@ -86,19 +80,6 @@ fn copy_dir(from: &Path, to: &Path) -> Result {
     Ok(())
 }
 
-/// A detached worktree of HEAD under the target directory (kiln built against the patch there,
-/// so this checkout's Cargo.lock is untouched).
-fn worktree() -> Result<PathBuf> {
-    let dir = target_dir().join("flex-patch/kiln-head");
-    if dir.exists() {
-        let dir_s = dir.to_string_lossy();
-        crate::run("git", &["worktree", "remove", "--force", &dir_s], &[])?;
-    }
-    let dir_s = dir.to_string_lossy();
-    crate::run("git", &["worktree", "add", "--detach", &dir_s, "HEAD"], &[])?;
-    Ok(dir)
-}
-
 fn patch_config(copy: &Path) -> String {
     format!("patch.crates-io.burn-flex.path=\"{}\"", copy.display())
 }
@@ -128,7 +109,7 @@ fn test() -> Result {
         &[],
     )?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
-    let tree = worktree()?;
+    let tree = crate::bench::worktree("HEAD", "flex-patch-head")?;
     let config = patch_config(&copy);
     let out = cargo_in(
         &tree,
@@ -165,17 +146,12 @@ fn bench_json(
     }
     args.extend(["-p", package, "--bench", bench]);
     let out = cargo_in(dir, &args, &[("RAYON_NUM_THREADS", &t)])?;
-    Ok(serde_json::from_str(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .ok_or("no bench output")?,
-    )?)
+    crate::bench::last_json(&out.stdout)
 }
 
 fn bench() -> Result {
     let copy = patched_copy()?;
-    let tree = worktree()?;
+    let tree = crate::bench::worktree("HEAD", "flex-patch-head")?;
     let config = patch_config(&copy);
     let mut rows = String::new();
     let mut torch_version = "not installed".to_owned();

@@ -10,7 +10,8 @@
 //! threads; "busy cores" is samples ÷ (wall time × sampling rate). With `--before REV` the same
 //! is done for a git revision checked out in a worktree under the target directory, side by side.
 //!
-//! PyTorch: the anchor script runs its loop under `torch.profiler` (CPU activities) and reports
+//! PyTorch: the anchor script runs under `torch.profiler` (CPU activities, through
+//! `xtask/torch_profile.py`, model construction included as in kiln's profile), which reports
 //! each operator's self CPU time; operators are grouped the same way (`mm`/`addmm`/`bmm`/… as
 //! matmul, `bernoulli_`/`native_dropout` as RNG, `empty*` as memory). torch.profiler cannot see
 //! page faults or idle threads, so those categories stay empty for it.
@@ -58,7 +59,7 @@ pub(crate) fn command(args: &[&str]) -> Result {
     };
     let mut columns: Vec<(String, Breakdown)> = Vec::new();
     if let Some(rev) = before {
-        let tree = worktree(rev)?;
+        let tree = crate::bench::worktree(rev, "profile-before")?;
         let bin = bench_binary(&tree, package, bench)?;
         columns.push((format!("kiln at {rev}"), perf_profile(&bin, reps, which)?));
     }
@@ -174,24 +175,6 @@ fn classify_torch(op: &str) -> &'static str {
     }
 }
 
-/// Checks `rev` out (detached) in a worktree under the target directory; reuses it when it is
-/// already there.
-fn worktree(rev: &str) -> Result<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let safe: String = rev
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let dir = target.join("profile-worktrees").join(safe);
-    if !dir.join("Cargo.toml").is_file() {
-        let dir_s = dir.to_string_lossy();
-        crate::run("git", &["worktree", "add", "--detach", &dir_s, rev], &[])?;
-    }
-    Ok(dir)
-}
-
 /// Builds a bench in `workspace` (release, with debug info for symbols) and returns its binary.
 fn bench_binary(workspace: &Path, package: &str, bench: &str) -> Result<PathBuf> {
     eprintln!(
@@ -297,10 +280,14 @@ fn parse_report_line(line: &str) -> Option<(f64, bool, &str)> {
     (rest.starts_with('[') && !symbol.is_empty()).then_some((samples, kernel, symbol))
 }
 
-/// Runs the anchor script with `--profile`; `None` when python3 or torch is missing.
+/// Runs the anchor script under torch.profiler (`xtask/torch_profile.py`); `None` when python3 or
+/// torch is missing.
 fn torch_profile(script: &Path, reps: &str) -> Result<Option<Breakdown>> {
+    let wrapper = root().join("xtask/torch_profile.py");
+    let script = script.to_string_lossy();
     let threads = crate::bench::cores();
-    let Some(v) = crate::bench::torch_anchor_with(script, threads, &["--profile", "--reps", reps])?
+    let Some(v) =
+        crate::bench::torch_anchor_with(&wrapper, threads, &[script.as_ref(), "--reps", reps])?
     else {
         return Ok(None);
     };
@@ -342,7 +329,7 @@ forward + backward, 3 runs each) and `benches/torch_anchor.py`"
 ## Where the CPU time goes: {which}\n\n\
 Command: `{command}`. Profiles {what}. kiln: `perf record -e cpu-clock -F 999 -g` of the release \
 bench, every sample attributed to a category by its leaf symbol (whole process, warm-up and model \
-construction included); PyTorch: `torch.profiler` self CPU time per operator over its timed loop. \
+construction included); PyTorch: `torch.profiler` self CPU time per operator over the whole script (`xtask/torch_profile.py`). \
 CPU seconds summed over threads, with each category's share; a category that a tool cannot see is \
 left empty. See xtask/src/profile.rs for the symbol rules.\n\
 Machine: {}.\n\n| category |",

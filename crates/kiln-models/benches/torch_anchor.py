@@ -2,9 +2,7 @@
 """PyTorch CPU anchor for `cargo xtask bench models`: the same models and batch as benches/models.rs
 (GPT-2 small LM and BERT-base MLM, batch 4 × 128, dropout off), forward under no_grad and
 forward + backward; every one of N runs after a warm-up. Prints one JSON object.
-Usage: python3 torch_anchor.py [--reps N] [--threads T] [--profile]
-With --profile the runs happen under torch.profiler and the JSON also holds each operator's self
-CPU time (`cargo xtask profile models`).
+Usage: python3 torch_anchor.py [--reps N] [--threads T]
 """
 
 import argparse
@@ -33,34 +31,14 @@ def rates(seconds):
     return [B * S / s for s in seconds]
 
 
-def profiled(run):
-    """Runs `run` under torch.profiler (CPU activities): wall seconds and self CPU seconds per op."""
-    from torch.profiler import ProfilerActivity, profile
-
-    t = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        run()
-    wall = time.perf_counter() - t
-    return wall, {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--profile", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     out = dict(torch=torch.__version__, threads=a.threads, batch=B, seq=S)
-    if a.profile:
-        out["profile_wall_s"], out["profile_self_cpu_s"] = profiled(lambda: measure(a, out))
-    else:
-        measure(a, out)
-    print(json.dumps(out))
-
-
-def measure(a, out):
 
     gpt2 = GPT2LMHeadModel(GPT2Config(attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0)).train()
     ids = torch.randint(0, 50257, (B, S))
@@ -91,6 +69,7 @@ def measure(a, out):
 
     out["bert_forward_tokens_per_s"] = rates(timed(a.reps, bfwd))
     out["bert_train_tokens_per_s"] = rates(timed(a.reps, btrain))
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

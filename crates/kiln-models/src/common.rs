@@ -197,7 +197,7 @@ fn explicit_attention(
 /// Mean cross-entropy of `logits` `[N, C]` against `labels` `[N]` (nats). On flex the loss and
 /// its gradient are computed in one fused pass ([`crate::cpu::nll_rows`]).
 pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
-    nll_rows(logits, labels, None).mean()
+    nll_rows(logits, labels).mean()
 }
 
 /// Cross-entropy of `logits` `[N, C]` against `targets` `[N]`, averaged with `weights` `[N]`
@@ -223,11 +223,10 @@ pub(crate) fn weighted_cross_entropy(
         let nll = nll_rows(
             logits.select(0, idx.clone()),
             targets.select(0, idx.clone()),
-            None,
         );
         return (nll * weights.clone().select(0, idx)).sum() / weights.sum();
     }
-    let nll = nll_rows(logits, targets, None);
+    let nll = nll_rows(logits, targets);
     (nll * weights.clone()).sum() / weights.sum()
 }
 

@@ -34,7 +34,7 @@
 //! let device = Device::flex().autodiff();
 //! let logits = Tensor::<2>::from_floats([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]], &device).require_grad();
 //! let labels = Tensor::<1, Int>::from_ints([0, 2], &device);
-//! let nll = cpu::nll_rows(cpu::gelu_tanh(logits.clone()), labels, None);
+//! let nll = cpu::nll_rows(cpu::gelu_tanh(logits.clone()), labels);
 //! let grads = nll.mean().backward();
 //! assert_eq!(logits.grad(&grads).unwrap().dims(), [2, 3]);
 //! ```
@@ -150,11 +150,11 @@ pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// Per-row negative log-likelihood `logsumexp(logits[i]) − logits[i, targets[i]]` (nats) of
 /// `logits` `[N, C]` against `targets` `[N]`, as `[N]`.
 ///
-/// Rows where `skip` is `true` are not computed: their loss is 0 and no gradient reaches them
-/// (for labels that are ignored). On flex with f32 logits the value and the gradient
+/// To leave rows out (ignored labels), `select` the kept rows first, as kiln's weighted MLM loss
+/// does. On flex with f32 logits the value and the gradient
 /// `softmax − one_hot` are computed together (see the module docs); elsewhere, and whenever a
 /// target lies outside `0..C`, it is `log_softmax` and `gather`.
-pub fn nll_rows(logits: Tensor<2>, targets: Tensor<1, Int>, skip: Option<&[bool]>) -> Tensor<1> {
+pub fn nll_rows(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
     let [n, c] = logits.dims();
     let fast = host_f32(&logits).and_then(|x| {
         let t = targets
@@ -164,23 +164,14 @@ pub fn nll_rows(logits: Tensor<2>, targets: Tensor<1, Int>, skip: Option<&[bool]
             .try_into_vec::<i64>()
             .ok()?;
         let in_range = c > 0 && t.len() == n && t.iter().all(|&t| (0..c as i64).contains(&t));
-        (in_range && skip.is_none_or(|s| s.len() == n)).then_some((x, t))
+        in_range.then_some((x, t))
     });
     let Some((x, t)) = fast else {
-        let device = targets.device();
-        let nll = burn::tensor::activation::log_softmax(logits, 1)
+        return burn::tensor::activation::log_softmax(logits, 1)
             .gather(1, targets.reshape([n, 1]))
             .reshape([n])
             .neg();
-        return match skip {
-            Some(s) => {
-                let keep = TensorData::new(s.iter().map(|&s| !s).collect::<Vec<_>>(), [n]);
-                nll * Tensor::<1, Bool>::from_data(keep, &device).float()
-            }
-            None => nll,
-        };
     };
-    let skipped = |i: usize| skip.is_some_and(|s| s[i]);
     let device = logits.device();
     let autodiff = device.is_autodiff();
     let mut nll = vec![0.0f32; n];
@@ -192,9 +183,6 @@ pub fn nll_rows(logits: Tensor<2>, targets: Tensor<1, Int>, skip: Option<&[bool]
     // Rows per parallel work item.
     let rows = (CHUNK / c).max(1);
     let work = |i: usize, loss: &mut f32, g: &mut [f32]| {
-        if skipped(i) {
-            return;
-        }
         let row = &x[i * c..(i + 1) * c];
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0f64;
@@ -451,20 +439,15 @@ mod tests {
         let x = values(n * c, 3, 8.0);
         let t: Vec<i64> = (0..n as i64).map(|i| (i * 37) % c as i64).collect();
         let weights = values(n, 4, 1.0);
-        let skip: Vec<bool> = (0..n).map(|i| i % 5 == 2).collect();
         let run = |fused: bool| {
             let x =
                 Tensor::<2>::from_data(TensorData::new(x.clone(), [n, c]), &device).require_grad();
             let t = Tensor::<1, Int>::from_data(TensorData::new(t.clone(), [n]), &device);
             let w = Tensor::<1>::from_data(TensorData::new(weights.clone(), [n]), &device);
-            let keep = Tensor::<1>::from_data(
-                TensorData::new(skip.iter().map(|&s| f32::from(!s)).collect(), [n]),
-                &device,
-            );
             let nll = if fused {
-                nll_rows(x.clone(), t, Some(&skip))
+                nll_rows(x.clone(), t)
             } else {
-                reference_nll(x.clone(), t) * keep
+                reference_nll(x.clone(), t)
             };
             let grads = (nll.clone() * w).sum().backward();
             (
@@ -476,13 +459,12 @@ mod tests {
         let (l_ref, g_ref) = run(false);
         close(&l, &l_ref, 2e-6, "nll values");
         close(&g, &g_ref, 2e-6, "nll gradients");
-        assert!(l.iter().zip(&skip).all(|(l, &s)| !s || *l == 0.0));
-        // Without autodiff, and with an out-of-range target (the plain path), the same values.
+        // Without autodiff, the same values.
         let plain = Tensor::<2>::from_data(TensorData::new(x.clone(), [n, c]), &Device::flex());
         let tt = Tensor::<1, Int>::from_data(TensorData::new(t.clone(), [n]), &Device::flex());
-        let no_skip = vec1(nll_rows(plain.clone(), tt.clone(), None));
+        let fused = vec1(nll_rows(plain.clone(), tt.clone()));
         let reference = vec1(reference_nll(plain, tt));
-        close(&no_skip, &reference, 2e-6, "nll without autodiff");
+        close(&fused, &reference, 2e-6, "nll without autodiff");
     }
 
     #[test]
@@ -492,7 +474,7 @@ mod tests {
         // The plain path's gather clamps or errors inside burn; the fused one must not index
         // out of bounds, so it hands such input over rather than reading past a row.
         let t = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2], [2]), &device);
-        assert_eq!(vec1(nll_rows(x, t, None)).len(), 2);
+        assert_eq!(vec1(nll_rows(x, t)).len(), 2);
     }
 
     #[test]

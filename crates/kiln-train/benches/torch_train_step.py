@@ -3,9 +3,7 @@
 benches/train_step.rs (hidden 64, 2 layers, 4 heads, MLP 128, vocabulary 1024, dropout 0.1,
 batch 32 × 64, MLM loss on every 7th position, clip_grad_norm_(1.0), AdamW), every step time
 after a warm-up. Prints one JSON object. (There is no MosaicBERT class in transformers.)
-Usage: python3 torch_train_step.py [--reps N] [--threads T] [--profile]
-With --profile the steps run under torch.profiler and the JSON also holds each operator's self
-CPU time (`cargo xtask profile train`).
+Usage: python3 torch_train_step.py [--reps N] [--threads T]
 """
 
 import argparse
@@ -18,22 +16,10 @@ from transformers import BertConfig, BertForMaskedLM
 B, S, V = 32, 64, 1024
 
 
-def profiled(run):
-    """Runs `run` under torch.profiler (CPU activities): wall seconds and self CPU seconds per op."""
-    from torch.profiler import ProfilerActivity, profile
-
-    t = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        run()
-    wall = time.perf_counter() - t
-    return wall, {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -48,12 +34,7 @@ def main():
     labels = torch.tensor([ids.flatten()[i].item() if i % 7 == 3 else -100 for i in range(n)]).reshape(B, S)
     mask = torch.ones(B, S, dtype=torch.long)
     times = []
-
-    def steps():
-        for i in range(a.reps + 2):
-            step(i)
-
-    def step(i):
+    for i in range(a.reps + 2):
         t = time.perf_counter()
         opt.zero_grad()
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -62,14 +43,7 @@ def main():
         opt.step()
         if i >= 2:
             times.append(time.perf_counter() - t)
-
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    if a.profile:
-        out["profile_wall_s"], out["profile_self_cpu_s"] = profiled(steps)
-    else:
-        steps()
-    out["bert_step_s"] = times
-    print(json.dumps(out))
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "bert_step_s": times}))
 
 
 if __name__ == "__main__":

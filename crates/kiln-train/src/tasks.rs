@@ -499,7 +499,7 @@ impl TrainTask<BertForSequenceClassification> for ClassificationTask {
         let (ids, mask, labels) = self.pad(&rows, &self.device);
         let logits = model.forward(ids.clone(), None, Some(mask.clone()));
         // Per-example negative log-likelihoods (fused with their gradient on flex).
-        let nll = kiln_models::cpu::nll_rows(logits.clone(), labels.clone(), None);
+        let nll = kiln_models::cpu::nll_rows(logits.clone(), labels.clone());
         Ok(StepOutput::new(nll.clone().mean())
             .with_per_example_loss(nll)
             .with_predictions(Predictions::per_example(logits, labels))
