@@ -32,12 +32,15 @@
 //! - [`train`] (`kiln-train`): the training loop — events and algorithms, AdamW/Lion with
 //!   Composer's decoupled weight decay, accumulation, clipping, evaluation, metrics, exact
 //!   autoresume from atomic checkpoints.
+//! - [`lora`] (`kiln-lora`): PEFT adapter directories read, written and merged into
+//!   checkpoints; adapters extracted from fine-tuned checkpoints by SVD; the spectrum of ΔW.
 //!
-//! LoRA, distillation and scoring are being built; see the README for what
+//! LoRA training, distillation and scoring are being built; see the README for what
 //! exists today.
 
 pub use kiln_checkpoint as checkpoint;
 pub use kiln_data as data;
+pub use kiln_lora as lora;
 pub use kiln_merging as merging;
 pub use kiln_models as models;
 pub use kiln_scaling_laws as scaling_laws;

@@ -22,6 +22,10 @@ pub(crate) enum CliError {
     #[error(transparent)]
     Data(#[from] kiln_data::Error),
 
+    /// An error of the LoRA crate (adapter files, targeting, extraction, spectra).
+    #[error(transparent)]
+    Lora(#[from] kiln_lora::Error),
+
     /// An error of the models crate (config, weights, device, tokenizer, ...).
     #[error(transparent)]
     Models(#[from] kiln_models::Error),

@@ -3,6 +3,9 @@
 //! ```text
 //! kiln merge ties.yml ./merged --out-shard-size 2GB
 //! kiln run generate --model ./gpt2 --prompt "The cell" --max-new-tokens 20
+//! kiln lora merge --base ./gpt2 --adapter ./my-adapter ./merged
+//! kiln lora extract --base ./gpt2 --finetuned ./gpt2-ft --max-rank 64 ./extracted
+//! kiln lora spectrum --base ./gpt2 --finetuned ./gpt2-ft --plot ranks.svg
 //! kiln scaling optimal --loss 1.947 --inference-tokens 2e12
 //! kiln scaling cost --params 30B --requests 1e9 --input-tokens 500 --output-tokens 100
 //! kiln scaling fit --csv runs.csv --json > law.json
@@ -13,6 +16,7 @@
 //! stderr with their causes; the exit status is 1 for a failed command and 2 for bad arguments.
 
 mod error;
+mod lora;
 mod merge;
 mod numbers;
 mod output;
@@ -41,6 +45,11 @@ enum Command {
     /// Merge Hugging Face checkpoints from a mergekit-style YAML config (TIES, DARE, task
     /// arithmetic, SLERP, linear, WiSE-FT), streamed tensor by tensor.
     Merge(merge::MergeArgs),
+    /// LoRA with PEFT's files: merge adapters into checkpoints, extract adapters from fine-tuned
+    /// checkpoints by SVD, and the spectrum of what fine-tuning changed ("LoRA Learns Less and
+    /// Forgets Less").
+    #[command(subcommand)]
+    Lora(lora::LoraCommand),
     /// Run a Hugging Face GPT-2 or BERT checkpoint: logits for token ids, or text generation.
     #[command(subcommand)]
     Run(run::RunCommand),
@@ -78,6 +87,7 @@ fn main() -> ExitCode {
             run::run(cmd)
         }
         Command::Scaling(cmd) => scaling::run(*cmd),
+        Command::Lora(cmd) => lora::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

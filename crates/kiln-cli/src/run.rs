@@ -49,6 +49,21 @@ pub(crate) struct LogitsArgs {
     /// transformers does.
     #[arg(long, value_name = "IDS")]
     token_type_ids: Option<String>,
+    /// A PEFT LoRA adapter directory to apply (adapter_config.json + adapter_model.safetensors).
+    /// Repeat to apply several. The adapters are merged into a temporary copy of the model in f32
+    /// (in the system temp directory; as much disk as the model), which gives the adapter's
+    /// logits up to float rounding.
+    #[arg(long, value_name = "DIR")]
+    adapter: Vec<PathBuf>,
+    /// One weight per --adapter, comma separated: ΔW = Σ wᵢ·scaleᵢ·Bᵢ·Aᵢ, PEFT's
+    /// `add_weighted_adapter(..., combination_type="cat")` [default: 1 for each].
+    #[arg(
+        long,
+        value_name = "W,W,...",
+        value_delimiter = ',',
+        requires = "adapter"
+    )]
+    adapter_weights: Vec<f64>,
     /// Output safetensors file: `logits` f32 [batch, seq, vocab] for LM heads (GPT2LMHeadModel,
     /// BertForMaskedLM), [batch, seq, labels] for BertForTokenClassification, [batch, labels] for
     /// *ForSequenceClassification — the head `architectures` in config.json names (or, without
@@ -135,8 +150,32 @@ pub(crate) fn parse_rows(text: &str, what: &str) -> Result<Vec<Vec<i64>>, CliErr
 fn logits(args: LogitsArgs) -> Result<(), CliError> {
     let dir = &args.model.model;
     // Before any work: the logits must not replace the weights they come from.
-    kiln_checkpoint::paths::check_output(&args.output, &[("the model".to_owned(), dir.clone())])?;
+    let mut inputs = vec![("the model".to_owned(), dir.clone())];
+    inputs.extend(
+        args.adapter
+            .iter()
+            .map(|a| ("an adapter".to_owned(), a.clone())),
+    );
+    kiln_checkpoint::paths::check_output(&args.output, &inputs)?;
     let dev = device(args.model.device.as_deref())?;
+    // With adapters: merge them into a temporary copy and load that.
+    let merged = if args.adapter.is_empty() {
+        None
+    } else {
+        let weights = crate::lora::weights(args.adapter.len(), &args.adapter_weights)?;
+        let adapters = crate::lora::load_adapters(&args.adapter)?;
+        let tmp = tempfile::Builder::new()
+            .prefix("kiln-adapter-")
+            .tempdir()
+            .map_err(|source| CliError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let out = tmp.path().join("merged");
+        crate::lora::merge_with_progress(dir, &adapters, &weights, &out, Default::default())?;
+        Some((tmp, out))
+    };
+    let load_dir = merged.as_ref().map_or(dir, |(_, p)| p);
     let batch = TokenBatch {
         input_ids: parse_rows(&args.input_ids, "--input-ids")?,
         token_type_ids: args
@@ -145,7 +184,7 @@ fn logits(args: LogitsArgs) -> Result<(), CliError> {
             .map(|t| parse_rows(t, "--token-type-ids"))
             .transpose()?,
     };
-    let model = AutoModel::load(dir, &dev, LoadOptions::default())?;
+    let model = AutoModel::load(load_dir, &dev, LoadOptions::default())?;
     let out = model.logits(&batch)?;
     let logit_bytes = bytemuck_f32(&out.values);
     let mask_bytes: Vec<u8> = out
@@ -159,10 +198,22 @@ fn logits(args: LogitsArgs) -> Result<(), CliError> {
     if out.ragged {
         tensors.push(("attention_mask", Dtype::I64, &mshape, &mask_bytes));
     }
-    let meta = BTreeMap::from([
+    let mut meta = BTreeMap::from([
         ("model".to_owned(), dir.display().to_string()),
         ("architecture".to_owned(), model.architecture().to_owned()),
     ]);
+    if !args.adapter.is_empty() {
+        let names: Vec<String> = args
+            .adapter
+            .iter()
+            .map(|a| a.display().to_string())
+            .collect();
+        meta.insert("adapters".to_owned(), names.join(","));
+        if !args.adapter_weights.is_empty() {
+            let w: Vec<String> = args.adapter_weights.iter().map(f64::to_string).collect();
+            meta.insert("adapter_weights".to_owned(), w.join(","));
+        }
+    }
     kiln_checkpoint::write_file(&args.output, &tensors, &meta)?;
     println!(
         "wrote {} logits {:?} to {}",

@@ -1,0 +1,312 @@
+//! `kiln lora merge|extract|spectrum` and `kiln run logits --adapter` end to end on the PEFT
+//! fixtures of kiln-lora (`crates/kiln-lora/tests/fixtures/make_lora_fixtures.py`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kiln_checkpoint::{Checkpoint, Dtype};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiln-lora/tests/fixtures")
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("run kiln")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "kiln failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(out: &Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn f32s(path: &Path, name: &str) -> Vec<f32> {
+    Checkpoint::open(path)
+        .unwrap()
+        .tensor(name)
+        .unwrap()
+        .to_f32()
+        .unwrap()
+}
+
+/// The reference's `input_ids` as `1,2,3;4,5`.
+fn ids(reference: &Path) -> String {
+    let c = Checkpoint::open(reference).unwrap();
+    let t = c.tensor("input_ids").unwrap();
+    assert_eq!(t.dtype(), Dtype::I64);
+    let v: Vec<i64> = t
+        .data
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    v.chunks(t.shape()[1])
+        .map(|r| r.iter().map(i64::to_string).collect::<Vec<_>>().join(","))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    let d = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(d <= 1e-5 * scale, "{what}: max diff {d} (scale {scale})");
+}
+
+#[test]
+fn run_logits_with_adapters_matches_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures();
+    for (adapter, model) in [("gpt2_dora", "gpt2"), ("bert_plain", "bert")] {
+        let reference = f.join(format!("reference/{adapter}.safetensors"));
+        let out = tmp.path().join(format!("{adapter}.safetensors"));
+        ok(&kiln(&[
+            "run",
+            "logits",
+            "--model",
+            s(&f.join("models").join(model)),
+            "--adapter",
+            s(&f.join("adapters").join(adapter)),
+            "--input-ids",
+            &ids(&reference),
+            "--output",
+            s(&out),
+        ]));
+        assert_close(&f32s(&out, "logits"), &f32s(&reference, "logits"), adapter);
+    }
+    // two adapters with weights: PEFT's add_weighted_adapter(combination_type="cat")
+    let reference = f.join("reference/cat_plain_second.safetensors");
+    let out = tmp.path().join("cat.safetensors");
+    ok(&kiln(&[
+        "run",
+        "logits",
+        "--model",
+        s(&f.join("models/bert")),
+        "--adapter",
+        s(&f.join("adapters/bert_plain")),
+        "--adapter",
+        s(&f.join("adapters/bert_second")),
+        "--adapter-weights",
+        "0.7,0.3",
+        "--input-ids",
+        &ids(&reference),
+        "--output",
+        s(&out),
+    ]));
+    assert_close(&f32s(&out, "logits"), &f32s(&reference, "logits"), "cat");
+    // one weight for two adapters
+    let e = fails(&kiln(&[
+        "run",
+        "logits",
+        "--model",
+        s(&f.join("models/bert")),
+        "--adapter",
+        s(&f.join("adapters/bert_plain")),
+        "--adapter",
+        s(&f.join("adapters/bert_second")),
+        "--adapter-weights",
+        "0.7",
+        "--input-ids",
+        "1,2",
+        "--output",
+        s(&out),
+    ]));
+    assert!(e.contains("one weight per adapter"), "{e}");
+}
+
+#[test]
+fn lora_merge_writes_a_checkpoint_with_peft_merged_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures();
+    let out = tmp.path().join("merged");
+    let stdout = ok(&kiln(&[
+        "lora",
+        "merge",
+        "--base",
+        s(&f.join("models/gpt2")),
+        "--adapter",
+        s(&f.join("adapters/gpt2_legacy")),
+        s(&out),
+    ]));
+    assert!(stdout.contains("merged"), "{stdout}");
+    assert!(out.join("config.json").is_file() && out.join("generation_config.json").is_file());
+    let reference = f.join("reference/gpt2_plain.safetensors");
+    let name = "transformer.h.1.attn.c_attn.weight";
+    let d = f32s(&out, name)
+        .iter()
+        .zip(f32s(&reference, &format!("merged.{name}")))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(d < 1e-6, "{d}");
+    // the legacy config's unknown fields are warned about, and a second run needs --force
+    let again = kiln(&[
+        "lora",
+        "merge",
+        "--base",
+        s(&f.join("models/gpt2")),
+        "--adapter",
+        s(&f.join("adapters/gpt2_plain")),
+        s(&out),
+    ]);
+    let e = fails(&again);
+    assert!(e.contains("exists") && e.contains("--force"), "{e}");
+    // an adapter for another architecture, and an output inside an input
+    let e = fails(&kiln(&[
+        "lora",
+        "merge",
+        "--base",
+        s(&f.join("models/bert")),
+        "--adapter",
+        s(&f.join("adapters/gpt2_plain")),
+        s(&tmp.path().join("x")),
+    ]));
+    assert!(e.contains("another architecture"), "{e}");
+    assert!(!tmp.path().join("x").exists());
+    let e = fails(&kiln(&[
+        "lora",
+        "merge",
+        "--base",
+        s(&f.join("models/gpt2")),
+        "--adapter",
+        s(&f.join("adapters/gpt2_plain")),
+        s(&f.join("adapters/gpt2_plain/out")),
+    ]));
+    assert!(e.contains("inside"), "{e}");
+}
+
+#[test]
+fn lora_extract_and_spectrum() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures();
+    let out = tmp.path().join("extracted");
+    let stdout = ok(&kiln(&[
+        "lora",
+        "extract",
+        "--base",
+        s(&f.join("models/gpt2")),
+        "--finetuned",
+        s(&f.join("finetuned/gpt2_ft")),
+        "--max-rank",
+        "8",
+        "--sv-epsilon",
+        "1e-4",
+        s(&out),
+    ]));
+    assert!(
+        stdout.contains("transformer.h.0.attn.c_attn") && stdout.contains("modules_to_save"),
+        "{stdout}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["r"], 8);
+    assert_eq!(config["rank_pattern"]["transformer.h.1.attn.c_attn"], 3);
+    assert!(
+        std::fs::read_to_string(out.join("README.md"))
+            .unwrap()
+            .contains("energy")
+    );
+    // spectrum: JSON with a matrices array, and an SVG heatmap
+    let svg = tmp.path().join("ranks.svg");
+    let json = ok(&kiln(&[
+        "lora",
+        "spectrum",
+        "--base",
+        s(&f.join("models/gpt2")),
+        "--finetuned",
+        s(&f.join("finetuned/gpt2_ft")),
+        "--json",
+        "--plot",
+        s(&svg),
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let m = v["matrices"].as_array().unwrap();
+    assert_eq!(
+        m.len(),
+        6,
+        "c_attn, c_fc and c_proj of the MLP in 2 layers changed"
+    );
+    for row in m {
+        for key in [
+            "name",
+            "shape",
+            "delta",
+            "base",
+            "random",
+            "relative_change",
+            "intruders",
+        ] {
+            assert!(row.get(key).is_some(), "{key}");
+        }
+        if row["name"].as_str().unwrap().ends_with("c_attn") {
+            assert!(row["delta"]["rank_at_threshold"].as_u64().unwrap() <= 3);
+        }
+    }
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+    let table = ok(&kiln(&[
+        "lora",
+        "spectrum",
+        "--base",
+        s(&f.join("models/gpt2")),
+        "--finetuned",
+        s(&f.join("finetuned/gpt2_ft")),
+    ]));
+    assert!(
+        table.contains("rank@0.9") && table.contains("transformer.h.1.mlp.c_fc"),
+        "{table}"
+    );
+    // bad inputs
+    let e = fails(&kiln(&[
+        "lora",
+        "spectrum",
+        "--base",
+        s(&f.join("models/gpt2")),
+        "--finetuned",
+        s(&f.join("models/bert")),
+    ]));
+    assert!(e.contains("not in the fine-tuned checkpoint"), "{e}");
+    let e = fails(&kiln(&[
+        "lora",
+        "spectrum",
+        "--base",
+        s(&f.join("models/gpt2")),
+        "--finetuned",
+        s(&f.join("finetuned/gpt2_ft")),
+        "--threshold",
+        "1.5",
+    ]));
+    assert!(e.contains("threshold"), "{e}");
+    let e = fails(&kiln(&[
+        "lora",
+        "extract",
+        "--base",
+        s(&f.join("models/gpt2")),
+        "--finetuned",
+        s(&f.join("models/gpt2")),
+        s(&tmp.path().join("same")),
+    ]));
+    assert!(e.contains("nothing to extract"), "{e}");
+}
