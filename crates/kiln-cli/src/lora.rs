@@ -15,6 +15,9 @@ pub(crate) enum LoraCommand {
     /// Merge a PEFT LoRA adapter into its base model and write a Hugging Face checkpoint
     /// (same tensor names and dtypes as the base; merged in f32; config and tokenizer copied).
     Merge(MergeArgs),
+    /// Combine adapters into one PEFT adapter, as PEFT's `add_weighted_adapter` (linear, cat,
+    /// svd, ties, dare_linear, dare_ties, magnitude_prune and their _svd variants).
+    Combine(CombineArgs),
     /// Extract a PEFT LoRA adapter from a base and a fully fine-tuned checkpoint by truncated SVD
     /// of each changed weight (mergekit-extract-lora's method and options).
     Extract(ExtractArgs),
@@ -47,6 +50,49 @@ pub(crate) struct MergeArgs {
     /// Write NaN or infinite merged values instead of refusing (PEFT's safe_merge=False).
     #[arg(long)]
     unsafe_merge: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CombineArgs {
+    /// PEFT adapter directories to combine (repeat --adapter for each).
+    #[arg(long, value_name = "DIR", required = true)]
+    adapter: Vec<PathBuf>,
+    /// One weight per --adapter, comma separated (negative weights subtract).
+    #[arg(
+        long,
+        value_name = "W,W,...",
+        value_delimiter = ',',
+        required = true,
+        allow_hyphen_values = true
+    )]
+    weights: Vec<f64>,
+    /// PEFT's combination_type: linear (weighted sums of the A and of the B factors; equal ranks),
+    /// cat (exactly Σ wᵢ·ΔWᵢ, rank Σ rᵢ), svd (Σ wᵢ·ΔWᵢ truncated by SVD), ties, dare_linear,
+    /// dare_ties, magnitude_prune (on the factors; equal ranks), ties_svd, dare_linear_svd,
+    /// dare_ties_svd, magnitude_prune_svd (on the ΔWs, then SVD).
+    #[arg(long, default_value = "svd")]
+    combination: String,
+    /// Share of entries kept by ties, dare_* and magnitude_prune*, in (0, 1] [required by them].
+    #[arg(long)]
+    density: Option<f64>,
+    /// TIES sign election: total (sign of the summed entries) or frequency (the more common sign).
+    #[arg(long, default_value = "total", value_parser = ["total", "frequency"])]
+    majority_sign: String,
+    /// Rank of the *svd combinations [default: the largest rank of the inputs].
+    #[arg(long)]
+    svd_rank: Option<usize>,
+    /// Clamp the SVD factors' entries to this quantile of their distribution, e.g. 0.99.
+    #[arg(long)]
+    svd_clamp: Option<f64>,
+    /// Seed of DARE's random drop (reproducible with kiln; PEFT draws from torch's RNG instead).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output adapter directory; must not exist unless --force.
+    #[arg(value_name = "OUT_DIR")]
+    out: PathBuf,
+    /// Replace an existing OUT_DIR.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +174,7 @@ pub(crate) struct SpectrumArgs {
 pub(crate) fn run(cmd: LoraCommand) -> Result<(), CliError> {
     match cmd {
         LoraCommand::Merge(a) => merge(a),
+        LoraCommand::Combine(a) => combine(a),
         LoraCommand::Extract(a) => extract(a),
         LoraCommand::Spectrum(a) => spectrum(a),
     }
@@ -203,6 +250,46 @@ fn merge(a: MergeArgs) -> Result<(), CliError> {
         s.merged,
         s.replaced,
         s.copied
+    );
+    Ok(())
+}
+
+fn combine(a: CombineArgs) -> Result<(), CliError> {
+    let inputs: Vec<_> = a
+        .adapter
+        .iter()
+        .map(|d| ("an adapter".to_owned(), d.clone()))
+        .collect();
+    kiln_checkpoint::paths::check_output(&a.out, &inputs)?;
+    if a.weights.len() != a.adapter.len() {
+        return Err(CliError::Usage(format!(
+            "--weights has {} value(s) for {} --adapter(s); give one weight per adapter",
+            a.weights.len(),
+            a.adapter.len()
+        )));
+    }
+    let adapters = load_adapters(&a.adapter)?;
+    let options = kiln_lora::CombineOptions {
+        combination: a.combination.parse()?,
+        density: a.density,
+        majority_sign: if a.majority_sign == "frequency" {
+            kiln_lora::MajoritySign::Frequency
+        } else {
+            kiln_lora::MajoritySign::Total
+        },
+        svd_rank: a.svd_rank,
+        svd_clamp: a.svd_clamp,
+        seed: a.seed,
+    };
+    let weighted: Vec<_> = adapters.iter().zip(a.weights.iter().copied()).collect();
+    let combined = kiln_lora::add_weighted_adapter(&weighted, &options)?;
+    let out = combined.save(&a.out, a.force)?;
+    println!(
+        "wrote {} ({} module(s), r = {}, {} trainable parameters)",
+        out.display(),
+        combined.modules.len(),
+        combined.config.r,
+        combined.trainable_parameters()
     );
     Ok(())
 }

@@ -310,3 +310,70 @@ fn lora_extract_and_spectrum() {
     ]));
     assert!(e.contains("nothing to extract"), "{e}");
 }
+
+#[test]
+fn lora_combine_writes_an_adapter_run_logits_can_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures();
+    let out = tmp.path().join("combined");
+    let stdout = ok(&kiln(&[
+        "lora",
+        "combine",
+        "--adapter",
+        s(&f.join("adapters/bert_plain")),
+        "--adapter",
+        s(&f.join("adapters/bert_second")),
+        "--weights",
+        "0.7,0.3",
+        "--combination",
+        "cat",
+        s(&out),
+    ]));
+    assert!(stdout.contains("r = 10"), "{stdout}");
+    // the combined adapter gives PEFT's `cat` logits
+    let reference = f.join("reference/cat_plain_second.safetensors");
+    let logits = tmp.path().join("l.safetensors");
+    ok(&kiln(&[
+        "run",
+        "logits",
+        "--model",
+        s(&f.join("models/bert")),
+        "--adapter",
+        s(&out),
+        "--input-ids",
+        &ids(&reference),
+        "--output",
+        s(&logits),
+    ]));
+    assert_close(
+        &f32s(&logits, "logits"),
+        &f32s(&reference, "logits"),
+        "combined cat",
+    );
+    let e = fails(&kiln(&[
+        "lora",
+        "combine",
+        "--adapter",
+        s(&f.join("adapters/bert_plain")),
+        "--adapter",
+        s(&f.join("adapters/bert_second")),
+        "--weights",
+        "0.7,-0.3",
+        "--combination",
+        "ties",
+        s(&tmp.path().join("t")),
+    ]));
+    assert!(e.contains("needs a density"), "{e}");
+    let e = fails(&kiln(&[
+        "lora",
+        "combine",
+        "--adapter",
+        s(&f.join("adapters/bert_plain")),
+        "--weights",
+        "1",
+        "--combination",
+        "mean",
+        s(&tmp.path().join("t")),
+    ]));
+    assert!(e.contains("unknown combination"), "{e}");
+}

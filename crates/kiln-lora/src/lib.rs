@@ -47,6 +47,9 @@
 //! - [`merge_into_checkpoint`]: adapters (each with a weight) merged into a Hugging Face
 //!   checkpoint tensor by tensor, in f32, GPT-2's `Conv1D` handled, DoRA's normalisation,
 //!   `safe_merge`.
+//! - [`add_weighted_adapter`]: PEFT's combinations of adapters (`linear`, `cat`, `svd`, `ties`,
+//!   `dare_*`, `magnitude_prune`, and the `_svd` variants) on kiln-merging's sparsification and
+//!   sign election.
 //! - [`extract`]: a PEFT adapter from a base and a fine-tuned checkpoint
 //!   (mergekit-extract-lora's options: max rank, σ epsilon, scale distribution, include/exclude,
 //!   embeddings as `modules_to_save` or LoRA).
@@ -57,6 +60,7 @@
 //! Every failure is an [`Error`] naming the file and tensor and saying how to fix the input.
 
 mod adapter;
+mod combine;
 pub mod config;
 mod error;
 mod extract;
@@ -67,9 +71,11 @@ mod spectrum;
 pub mod targets;
 
 pub use adapter::{Adapter, LoraModule, PREFIX, merge_module};
+pub use combine::{Combination, CombineOptions, add_weighted_adapter};
 pub use config::{Bias, LoraConfig, Modules, OneOrMany};
 pub use error::{Error, Result};
 pub use extract::{ExtractOptions, ExtractReport, ExtractedModule, extract};
+pub use kiln_merging::methods::task_arithmetic::MajoritySign;
 pub use merge::{MergeOptions, MergeSummary, Weighted, merge_into_checkpoint};
 pub use pairs::{Filter, Pair};
 pub use spectrum::{

@@ -443,3 +443,155 @@ fn spectrum_counts_intruders_as_peft() {
         assert!(r.random.rank_at_threshold > r.delta.rank_at_threshold);
     }
 }
+
+#[test]
+fn add_weighted_adapter_matches_peft_for_every_deterministic_type() {
+    use kiln_lora::{Combination, CombineOptions, MajoritySign, add_weighted_adapter};
+    let reference = tensors(&fixtures().join("reference/weighted_adapters.safetensors"));
+    let plain = Adapter::load(fixtures().join("adapters/bert_plain")).unwrap();
+    let third = Adapter::load(fixtures().join("adapters/bert_third")).unwrap();
+    type Case = (
+        &'static str,
+        Combination,
+        Option<f64>,
+        Option<usize>,
+        MajoritySign,
+    );
+    let cases: &[Case] = &[
+        (
+            "linear",
+            Combination::Linear,
+            None,
+            None,
+            MajoritySign::Total,
+        ),
+        ("cat", Combination::Cat, None, None, MajoritySign::Total),
+        ("svd", Combination::Svd, None, Some(6), MajoritySign::Total),
+        (
+            "ties",
+            Combination::Ties,
+            Some(0.5),
+            None,
+            MajoritySign::Total,
+        ),
+        (
+            "ties_frequency",
+            Combination::Ties,
+            Some(0.4),
+            None,
+            MajoritySign::Frequency,
+        ),
+        (
+            "ties_svd",
+            Combination::TiesSvd,
+            Some(0.5),
+            Some(5),
+            MajoritySign::Total,
+        ),
+        (
+            "magnitude_prune",
+            Combination::MagnitudePrune,
+            Some(0.3),
+            None,
+            MajoritySign::Total,
+        ),
+        (
+            "magnitude_prune_svd",
+            Combination::MagnitudePruneSvd,
+            Some(0.3),
+            None,
+            MajoritySign::Total,
+        ),
+        (
+            "dare_linear",
+            Combination::DareLinear,
+            Some(1.0),
+            None,
+            MajoritySign::Total,
+        ),
+        (
+            "dare_ties",
+            Combination::DareTies,
+            Some(1.0),
+            None,
+            MajoritySign::Total,
+        ),
+    ];
+    for (key, combination, density, svd_rank, sign) in cases {
+        let options = CombineOptions {
+            density: *density,
+            svd_rank: *svd_rank,
+            majority_sign: *sign,
+            ..CombineOptions::new(*combination)
+        };
+        let combined = add_weighted_adapter(&[(&plain, 0.6), (&third, -0.9)], &options).unwrap();
+        let mut checked = 0;
+        for (name, (_, want)) in reference
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{key}.")) && !k.ends_with(".rank"))
+        {
+            let module = &name[key.len() + 1..];
+            let got = combined.modules[module].delta(1.0);
+            let d = max_diff(&got, want);
+            assert!(d < 1e-5, "{key}: {module}: ΔW differs from PEFT's by {d}");
+            if *key != "cat" {
+                let rank = reference[&format!("{name}.rank")].1[0] as usize;
+                assert_eq!(combined.modules[module].r, rank, "{key}: {module}");
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 6, "{key}: query, key, value in two layers");
+    }
+}
+
+#[test]
+fn dare_drops_reproducibly_at_the_density() {
+    use kiln_lora::{Combination, CombineOptions, add_weighted_adapter};
+    let plain = Adapter::load(fixtures().join("adapters/bert_plain")).unwrap();
+    let third = Adapter::load(fixtures().join("adapters/bert_third")).unwrap();
+    let options = CombineOptions {
+        density: Some(0.5),
+        seed: 7,
+        ..CombineOptions::new(Combination::DareLinear)
+    };
+    let a = add_weighted_adapter(&[(&plain, 0.6), (&third, 0.9)], &options).unwrap();
+    let b = add_weighted_adapter(&[(&plain, 0.6), (&third, 0.9)], &options).unwrap();
+    assert_eq!(a.modules, b.modules, "same seed, same drop");
+    // query A factors: both adapters have them; an entry is 0 only when both drops hit (1/4)
+    let (zeros, total) = a
+        .modules
+        .iter()
+        .filter(|(n, _)| n.ends_with("query"))
+        .flat_map(|(_, m)| m.a.iter())
+        .fold((0usize, 0usize), |(z, t), x| {
+            (z + usize::from(*x == 0.0), t + 1)
+        });
+    let share = zeros as f64 / total as f64;
+    assert!(
+        (0.18..0.32).contains(&share),
+        "{share} of entries dropped by both"
+    );
+    let other = CombineOptions {
+        seed: 8,
+        ..options.clone()
+    };
+    assert_ne!(
+        add_weighted_adapter(&[(&plain, 0.6), (&third, 0.9)], &other)
+            .unwrap()
+            .modules,
+        a.modules
+    );
+    // bad inputs
+    let e = add_weighted_adapter(&[(&plain, 0.6)], &CombineOptions::new(Combination::Ties))
+        .unwrap_err();
+    assert!(e.to_string().contains("needs a density"), "{e}");
+    let second = Adapter::load(fixtures().join("adapters/bert_second")).unwrap();
+    let e = add_weighted_adapter(
+        &[(&plain, 1.0), (&second, 1.0)],
+        &CombineOptions::new(Combination::Linear),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("equal ranks"), "{e}");
+    let dora = Adapter::load(fixtures().join("adapters/bert_dora")).unwrap();
+    assert!(add_weighted_adapter(&[(&dora, 1.0)], &CombineOptions::new(Combination::Cat)).is_err());
+}

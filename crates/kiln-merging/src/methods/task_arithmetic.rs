@@ -239,3 +239,103 @@ mod tests {
         }
     }
 }
+
+/// How PEFT's TIES elects the sign of each entry (`majority_sign_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MajoritySign {
+    /// The sign of `Σ δᵢ` (mass; PEFT's default `"total"`).
+    #[default]
+    Total,
+    /// The sign held by more task vectors (`"frequency"`).
+    Frequency,
+}
+
+/// PEFT's disjoint merge (`peft.utils.merge_utils.ties`/`dare_ties` after pruning), used by
+/// `add_weighted_adapter`: the sign is elected on the *unweighted* (already sparsified) task
+/// vectors — positive on a tie —, entries whose sign agrees contribute `wᵢ·δᵢ`, and the sum is
+/// divided by how many agreed (at least 1). mergekit's TIES ([`combine`] with consensus) elects
+/// on the weighted vectors and divides by the agreeing weights instead; the two agree only for
+/// unit weights.
+///
+/// # Panics
+/// If the slices' lengths disagree.
+pub fn peft_disjoint_merge<F: Real>(
+    deltas: &[&[F]],
+    weights: &[F],
+    sign: MajoritySign,
+    out: &mut [F],
+) {
+    assert_eq!(deltas.len(), weights.len(), "one weight per task vector");
+    assert!(deltas.iter().all(|d| d.len() == out.len()), "equal lengths");
+    let mut elected = vec![F::ZERO; out.len()];
+    for d in deltas {
+        for (e, &x) in elected.iter_mut().zip(d.iter()) {
+            *e += match sign {
+                MajoritySign::Total => x,
+                // torch.sign: −1, 0 or +1
+                MajoritySign::Frequency => {
+                    if x > F::ZERO {
+                        F::ONE
+                    } else if x < F::ZERO {
+                        -F::ONE
+                    } else {
+                        F::ZERO
+                    }
+                }
+            };
+        }
+    }
+    let mut count = vec![F::ZERO; out.len()];
+    out.fill(F::ZERO);
+    for (d, &w) in deltas.iter().zip(weights) {
+        for (((o, c), &e), &x) in out
+            .iter_mut()
+            .zip(count.iter_mut())
+            .zip(&elected)
+            .zip(d.iter())
+        {
+            // torch's sign(0) = 0 never equals the elected ±1, so zeros do not count
+            let agrees = (x > F::ZERO) & (e >= F::ZERO) | (x < F::ZERO) & (e < F::ZERO);
+            *o += if agrees { w * x } else { F::ZERO };
+            *c += if agrees { F::ONE } else { F::ZERO };
+        }
+    }
+    for (o, &c) in out.iter_mut().zip(&count) {
+        *o = *o / if c < F::ONE { F::ONE } else { c };
+    }
+}
+
+#[cfg(test)]
+mod peft_tests {
+    use super::*;
+
+    #[test]
+    fn peft_disjoint_merge_elects_unweighted_and_divides_by_count() {
+        // weights 0.5, 10, 1
+        // entry 0: 2, 1, 0 → elected +; a and b agree (0 never does): (0.5·2 + 10·1) / 2 = 5.5
+        // entry 1: 3, −1, 0 → the unweighted sum 2 elects +, although the weighted mass
+        //          0.5·3 − 10·1 is negative (mergekit would elect −); only a agrees: 0.5·3 / 1
+        // entry 2: 1, −0.5, −0.5 → total 0 elects + (a: 0.5·1), frequency elects − (b and c:
+        //          (10·−0.5 + 1·−0.5) / 2)
+        let a = [2.0f64, 3.0, 1.0];
+        let b = [1.0f64, -1.0, -0.5];
+        let c = [0.0f64, 0.0, -0.5];
+        let mut out = [0.0; 3];
+        peft_disjoint_merge(
+            &[&a, &b, &c],
+            &[0.5, 10.0, 1.0],
+            MajoritySign::Total,
+            &mut out,
+        );
+        assert!((out[0] - 5.5).abs() < 1e-12, "{out:?}");
+        assert!((out[1] - 1.5).abs() < 1e-12, "{out:?}");
+        assert!((out[2] - 0.5).abs() < 1e-12, "{out:?}");
+        peft_disjoint_merge(
+            &[&a, &b, &c],
+            &[0.5, 10.0, 1.0],
+            MajoritySign::Frequency,
+            &mut out,
+        );
+        assert!((out[2] - -2.75).abs() < 1e-12, "{out:?}");
+    }
+}
