@@ -21,6 +21,10 @@ pub(crate) enum LoraCommand {
     /// Extract a PEFT LoRA adapter from a base and a fully fine-tuned checkpoint by truncated SVD
     /// of each changed weight (mergekit-extract-lora's method and options).
     Extract(ExtractArgs),
+    /// Shrink an adapter's intruder dimensions (PEFT's reduce_intruder_dimension): directions of
+    /// W + ΔW among its top-k singular vectors that no base singular vector aligns with (|cos| <
+    /// ε) keep λ of their singular value; writes the mitigated adapter (same rank and config).
+    ReduceIntruders(ReduceIntrudersArgs),
     /// Spectrum of what fine-tuning changed, per weight matrix: rank@τ, effective rank and stable
     /// rank of ΔW = W_ft − W_base beside the base weight and a Gaussian matrix of the same shape,
     /// ‖ΔW‖_F/‖W‖_F, and intruder dimensions.
@@ -137,6 +141,33 @@ pub(crate) struct ExtractArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct ReduceIntrudersArgs {
+    /// The base model directory the adapter belongs to.
+    #[arg(long, value_name = "DIR")]
+    base: PathBuf,
+    /// The PEFT adapter directory (plain LoRA on linear layers).
+    #[arg(long, value_name = "DIR")]
+    adapter: PathBuf,
+    /// How many of W + ΔW's top singular vectors are tested.
+    #[arg(long, default_value_t = 10, value_name = "K")]
+    top_k: usize,
+    /// A direction whose largest |cos| with the base's singular vectors is below this is an
+    /// intruder.
+    #[arg(long, default_value_t = 0.5, value_name = "EPS")]
+    epsilon: f64,
+    /// The share of each intruder's singular value kept, in [0, 1] (PEFT's mitigation_lambda:
+    /// lower forgets less and learns less).
+    #[arg(long, default_value_t = 0.75)]
+    lambda: f64,
+    /// Output adapter directory; must not exist unless --force.
+    #[arg(value_name = "OUT_DIR")]
+    out: PathBuf,
+    /// Replace an existing OUT_DIR.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct SpectrumArgs {
     /// The base model directory.
     #[arg(long, value_name = "DIR")]
@@ -175,6 +206,7 @@ pub(crate) fn run(cmd: LoraCommand) -> Result<(), CliError> {
     match cmd {
         LoraCommand::Merge(a) => merge(a),
         LoraCommand::Combine(a) => combine(a),
+        LoraCommand::ReduceIntruders(a) => reduce_intruders(a),
         LoraCommand::Extract(a) => extract(a),
         LoraCommand::Spectrum(a) => spectrum(a),
     }
@@ -290,6 +322,37 @@ fn combine(a: CombineArgs) -> Result<(), CliError> {
         combined.modules.len(),
         combined.config.r,
         combined.trainable_parameters()
+    );
+    Ok(())
+}
+
+fn reduce_intruders(a: ReduceIntrudersArgs) -> Result<(), CliError> {
+    kiln_checkpoint::paths::check_output(
+        &a.out,
+        &[
+            ("the base model".to_owned(), a.base.clone()),
+            ("the adapter".to_owned(), a.adapter.clone()),
+        ],
+    )?;
+    let adapter = load_adapters(std::slice::from_ref(&a.adapter))?.remove(0);
+    let options = kiln_lora::IntruderOptions {
+        top_k: a.top_k,
+        epsilon: a.epsilon,
+        lambda: a.lambda,
+    };
+    let (mitigated, counts) = kiln_lora::reduce_intruder_dimension(&adapter, &a.base, options)?;
+    let mut t = Table::new(["module", "intruders"]);
+    for (name, n) in &counts {
+        t.row([name.clone(), n.to_string()]);
+    }
+    print!("{}", t.render());
+    let out = mitigated.save(&a.out, a.force)?;
+    println!(
+        "wrote {} ({} intruder dimension(s) in {} module(s) shrunk to λ = {})",
+        out.display(),
+        counts.iter().map(|(_, n)| n).sum::<usize>(),
+        counts.iter().filter(|(_, n)| *n > 0).count(),
+        a.lambda
     );
     Ok(())
 }

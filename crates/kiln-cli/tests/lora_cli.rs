@@ -377,3 +377,42 @@ fn lora_combine_writes_an_adapter_run_logits_can_use() {
     ]));
     assert!(e.contains("unknown combination"), "{e}");
 }
+
+#[test]
+fn lora_reduce_intruders_writes_the_mitigated_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixtures();
+    let out = tmp.path().join("mitigated");
+    let stdout = ok(&kiln(&[
+        "lora",
+        "reduce-intruders",
+        "--base",
+        s(&f.join("models/bert")),
+        "--adapter",
+        s(&f.join("adapters/bert_intruder")),
+        s(&out),
+    ]));
+    assert!(
+        stdout.contains("1 intruder dimension(s) in 1 module(s)"),
+        "{stdout}"
+    );
+    let a = kiln_lora::Adapter::load(&out).unwrap();
+    let want = f32s(
+        &f.join("reference/intruders_mitigated.safetensors"),
+        "bert.encoder.layer.0.attention.self.query",
+    );
+    let got = a.modules["bert.encoder.layer.0.attention.self.query"].delta(1.0);
+    assert!(got.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-5));
+    let e = fails(&kiln(&[
+        "lora",
+        "reduce-intruders",
+        "--base",
+        s(&f.join("models/bert")),
+        "--adapter",
+        s(&f.join("adapters/bert_intruder")),
+        "--lambda",
+        "2",
+        s(&tmp.path().join("x")),
+    ]));
+    assert!(e.contains("lambda"), "{e}");
+}

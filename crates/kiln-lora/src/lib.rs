@@ -50,11 +50,14 @@
 //! - [`add_weighted_adapter`]: PEFT's combinations of adapters (`linear`, `cat`, `svd`, `ties`,
 //!   `dare_*`, `magnitude_prune`, and the `_svd` variants) on kiln-merging's sparsification and
 //!   sign election.
+//! - [`init`]: PEFT's initialisations (default Kaiming-uniform, gaussian, PiSSA, OLoRA with the
+//!   residual base weight).
 //! - [`extract`]: a PEFT adapter from a base and a fine-tuned checkpoint
 //!   (mergekit-extract-lora's options: max rank, σ epsilon, scale distribution, include/exclude,
 //!   embeddings as `modules_to_save` or LoRA).
 //! - [`spectrum()`]: rank@τ, effective rank and stable rank of ΔW beside the base weight and a
-//!   Gaussian matrix, ‖ΔW‖/‖W‖, intruder dimensions; [`linalg`] holds the measures.
+//!   Gaussian matrix, ‖ΔW‖/‖W‖, intruder dimensions; [`reduce_intruder_dimension`]: PEFT's
+//!   mitigation of an adapter's intruders; [`linalg`] holds the measures.
 //!
 //! # Errors
 //! Every failure is an [`Error`] naming the file and tensor and saying how to fix the input.
@@ -64,6 +67,8 @@ mod combine;
 pub mod config;
 mod error;
 mod extract;
+pub mod init;
+mod intruders;
 pub mod linalg;
 mod merge;
 mod pairs;
@@ -75,6 +80,7 @@ pub use combine::{Combination, CombineOptions, add_weighted_adapter};
 pub use config::{Bias, LoraConfig, Modules, OneOrMany};
 pub use error::{Error, Result};
 pub use extract::{ExtractOptions, ExtractReport, ExtractedModule, extract};
+pub use intruders::{IntruderOptions, find_intruders, reduce_intruder_dimension};
 pub use kiln_merging::methods::task_arithmetic::MajoritySign;
 pub use merge::{MergeOptions, MergeSummary, Weighted, merge_into_checkpoint};
 pub use pairs::{Filter, Pair};

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::linalg::{Svd, effective_rank, rank_at, singular_values, stable_rank};
+use crate::linalg::{effective_rank, rank_at, singular_values, stable_rank};
 use crate::pairs::{Filter, Pair};
 use crate::targets::ModuleKind;
 
@@ -135,23 +135,11 @@ pub fn intruders(
     epsilon: f64,
     name: &str,
 ) -> Result<usize> {
-    let b = Svd::of(w_base, rows, cols, name)?;
-    let f = Svd::of(w_ft, rows, cols, name)?;
-    let k = f.k();
-    let mut count = 0;
-    for j in 0..top_k.min(k) {
-        let mut best = 0f64;
-        for i in 0..b.k() {
-            let dot: f64 = (0..rows)
-                .map(|r| f64::from(f.u[r * k + j]) * f64::from(b.u[r * b.k() + i]))
-                .sum();
-            best = best.max(dot.abs());
-        }
-        if best < epsilon {
-            count += 1;
-        }
-    }
-    Ok(count)
+    Ok(
+        crate::intruders::find_intruders(w_base, w_ft, [rows, cols], top_k, epsilon, name)?
+            .0
+            .len(),
+    )
 }
 
 /// A seeded standard Gaussian matrix (SplitMix64 + Box–Muller), scaled to Frobenius norm `norm`.

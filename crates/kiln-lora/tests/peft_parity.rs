@@ -595,3 +595,68 @@ fn dare_drops_reproducibly_at_the_density() {
     let dora = Adapter::load(fixtures().join("adapters/bert_dora")).unwrap();
     assert!(add_weighted_adapter(&[(&dora, 1.0)], &CombineOptions::new(Combination::Cat)).is_err());
 }
+
+#[test]
+fn pissa_and_olora_match_peft() {
+    use kiln_lora::init::{Init, init_factors};
+    let reference = tensors(&fixtures().join("reference/init.safetensors"));
+    let base = tensors(&fixtures().join("models/bert/model.safetensors"));
+    let mut checked = 0;
+    for (key, (shape, a_ref)) in reference.iter().filter(|(k, _)| k.ends_with(".lora_A")) {
+        let (method, module) = key
+            .strip_suffix(".lora_A")
+            .unwrap()
+            .split_once('.')
+            .unwrap();
+        let init: Init = method.parse().unwrap();
+        let r = shape[0];
+        let (wshape, w) = &base[&format!("{module}.weight")];
+        let f = init_factors(init, w, [wshape[0], wshape[1]], r, 2.0, 0, module).unwrap();
+        // products, not factors: singular vectors and QR columns are defined up to sign
+        let ours = linalg::matmul(&f.b, &f.a, wshape[0], r, wshape[1]);
+        let b_ref = &reference[&format!("{method}.{module}.lora_B")].1;
+        let theirs = linalg::matmul(b_ref, a_ref, wshape[0], r, wshape[1]);
+        let d = max_diff(&ours, &theirs);
+        assert!(
+            d < 1e-5,
+            "{method} {module}: B·A differs from PEFT's by {d}"
+        );
+        let res = &reference[&format!("{method}.{module}.residual")].1;
+        let d = max_diff(f.residual.as_ref().unwrap(), res);
+        assert!(
+            d < 1e-5,
+            "{method} {module}: residual W differs from PEFT's by {d}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 8, "2 methods × 2 module types × 2 layers");
+}
+
+#[test]
+fn intruder_mitigation_matches_peft() {
+    use kiln_lora::{IntruderOptions, reduce_intruder_dimension};
+    let adapter = Adapter::load(fixtures().join("adapters/bert_intruder")).unwrap();
+    let (mitigated, counts) = reduce_intruder_dimension(
+        &adapter,
+        &fixtures().join("models/bert"),
+        IntruderOptions::default(),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(fixtures().join("reference/intruders.json")).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (name, n) in &counts {
+        assert_eq!(
+            *n as u64,
+            expected["counts"][format!("base_model.model.{name}")]
+                .as_u64()
+                .unwrap(),
+            "{name}"
+        );
+    }
+    assert_eq!(counts.iter().map(|(_, n)| n).sum::<usize>(), 1);
+    let reference = tensors(&fixtures().join("reference/intruders_mitigated.safetensors"));
+    for (name, (_, want)) in &reference {
+        let d = max_diff(&mitigated.modules[name].delta(1.0), want);
+        assert!(d < 1e-5, "{name}: mitigated ΔW differs from PEFT's by {d}");
+    }
+}
