@@ -23,7 +23,7 @@ const POSITIONS: usize = 1024;
 /// Bump when the generated layout changes, so stale checkpoints are regenerated.
 const LAYOUT_VERSION: &str = "gpt2-medium-bf16-v1";
 
-fn layout() -> Vec<(String, Vec<usize>)> {
+pub(crate) fn layout() -> Vec<(String, Vec<usize>)> {
     let mut t = vec![
         ("transformer.wte.weight".to_owned(), vec![VOCAB, WIDTH]),
         ("transformer.wpe.weight".to_owned(), vec![POSITIONS, WIDTH]),
@@ -53,10 +53,10 @@ fn layout() -> Vec<(String, Vec<usize>)> {
 }
 
 /// xorshift64*: a fast deterministic generator for benchmark data (not for the merges).
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn normalish(&mut self) -> f32 {
+    pub(crate) fn normalish(&mut self) -> f32 {
         // Sum of uniforms: close enough to a normal for weights.
         let mut s = 0.0f32;
         for _ in 0..4 {
@@ -123,13 +123,18 @@ fn generate(dir: &Path) -> Result {
 const TIES: &str = "models:\n  - model: ft1\n    parameters: {weight: 1.0, density: 0.3}\n  - model: ft2\n    parameters: {weight: 0.8, density: 0.3}\nmerge_method: ties\nbase_model: base\ndtype: float32\nout_dtype: bfloat16\n";
 const LINEAR: &str = "models:\n  - model: base\n    parameters: {weight: 0.4}\n  - model: ft1\n    parameters: {weight: 0.3}\n  - model: ft2\n    parameters: {weight: 0.3}\nmerge_method: linear\ndtype: float32\nout_dtype: bfloat16\n";
 
-struct Measured {
-    seconds: f64,
-    peak_rss: u64,
+pub(crate) struct Measured {
+    pub(crate) seconds: f64,
+    pub(crate) peak_rss: u64,
 }
 
 /// Runs a command, polling /proc for its peak resident set (VmHWM).
-fn measure(program: &str, args: &[&str], cwd: &Path, envs: &[(&str, &str)]) -> Result<Measured> {
+pub(crate) fn measure(
+    program: &str,
+    args: &[&str],
+    cwd: &Path,
+    envs: &[(&str, &str)],
+) -> Result<Measured> {
     eprintln!("$ {program} {}", args.join(" "));
     let start = Instant::now();
     let mut child = Command::new(program)
@@ -214,7 +219,7 @@ fn io_floor(inputs: &[PathBuf], out_bytes: u64, scratch: &Path) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-fn have(program: &str) -> bool {
+pub(crate) fn have(program: &str) -> bool {
     Command::new(program)
         .arg("--help")
         .stdout(Stdio::null())

@@ -20,6 +20,7 @@
 //! ```
 
 mod bench;
+mod bench_lora;
 mod bench_merge;
 mod bench_models;
 mod bench_train;
@@ -59,6 +60,8 @@ commands:
                                     (--features wgpu, --device wgpu:cpu; needs mesa-vulkan-drivers)
   bench scaling                     run the criterion benches of kiln-scaling-laws and the scipy anchor,
                                     then record both in docs/BENCHMARKS.md
+  bench lora                        kiln lora extract and spectrum on a GPT-2-medium-shaped f32 pair beside the
+                                    same SVDs in PyTorch (wall time, peak RSS) → docs/BENCHMARKS.md
   bench models                      tokens/s of GPT-2-small and BERT-base on the CPU (forward, forward+backward),
                                     beside PyTorch → docs/BENCHMARKS.md
   bench train                       one training step of a tiny BERT (forward, MLM loss, backward, clipping,
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         ["repro", "masking", rest @ ..] => repro_masking::command(rest),
         ["bench", "scaling", rest @ ..] => bench::scaling(rest),
         ["bench", "merge", rest @ ..] => bench_merge::merge(rest),
+        ["bench", "lora", rest @ ..] => bench_lora::lora(rest),
         ["bench", "models", rest @ ..] => bench_models::models(rest),
         ["bench", "train", rest @ ..] => bench_train::train(rest),
         ["profile", rest @ ..] => profile::command(rest),

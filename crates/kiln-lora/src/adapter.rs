@@ -374,8 +374,14 @@ impl Adapter {
 }
 
 /// Adds `weight · ΔW` of `module` to the stored base weight `w` (shape `info.shape`), applying
-/// DoRA's column normalisation when the module has a magnitude; in f32 throughout.
-pub fn merge_module(w: &mut [f32], info: &ModuleInfo, module: &LoraModule, weight: f64) {
+/// DoRA's row normalisation when the module has a magnitude; in f32 throughout. Returns DoRA's
+/// row norms `‖W + ΔW‖` (what [`unmerge_module`] needs), `None` for plain LoRA.
+pub fn merge_module(
+    w: &mut [f32],
+    info: &ModuleInfo,
+    module: &LoraModule,
+    weight: f64,
+) -> Option<Vec<f32>> {
     let delta = module.delta(weight);
     let [rows, cols] = info.shape;
     match (info.kind, &module.magnitude) {
@@ -398,6 +404,7 @@ pub fn merge_module(w: &mut [f32], info: &ModuleInfo, module: &LoraModule, weigh
             };
             let (out_f, in_f) = info.out_in();
             oi.iter_mut().zip(&delta).for_each(|(x, d)| *x += d);
+            let mut norms = Vec::with_capacity(out_f);
             for o in 0..out_f {
                 let row = &mut oi[o * in_f..(o + 1) * in_f];
                 let norm = row
@@ -407,6 +414,7 @@ pub fn merge_module(w: &mut [f32], info: &ModuleInfo, module: &LoraModule, weigh
                     .sqrt();
                 let f = (f64::from(mag[o]) / norm) as f32;
                 row.iter_mut().for_each(|x| *x *= f);
+                norms.push(norm as f32);
             }
             let back = if kind == ModuleKind::Conv1D {
                 transpose(&oi, out_f, in_f)
@@ -414,6 +422,55 @@ pub fn merge_module(w: &mut [f32], info: &ModuleInfo, module: &LoraModule, weigh
                 oi
             };
             w.copy_from_slice(&back);
+            return Some(norms);
         }
     }
+    None
+}
+
+/// Undoes [`merge_module`]: subtracts `weight · ΔW`, in f32. A DoRA merge cannot be undone from
+/// the merged weight alone (its rows are rescaled to the magnitudes, which loses `‖W + ΔW‖`), so
+/// it needs the row norms [`merge_module`] returned — PEFT keeps them in a cache for the same
+/// reason.
+///
+/// # Errors
+/// [`Error::Invalid`] for a DoRA module without its norms.
+pub fn unmerge_module(
+    w: &mut [f32],
+    info: &ModuleInfo,
+    module: &LoraModule,
+    weight: f64,
+    dora_norms: Option<&[f32]>,
+) -> Result<()> {
+    let delta = module.delta(weight);
+    let [rows, cols] = info.shape;
+    let mut oi = if info.kind == ModuleKind::Conv1D {
+        transpose(w, rows, cols)
+    } else {
+        w.to_vec()
+    };
+    let (out_f, in_f) = info.out_in();
+    if let Some(mag) = &module.magnitude {
+        let norms = dora_norms.ok_or_else(|| {
+            Error::Invalid(
+                "unmerging DoRA needs the row norms the merge returned (the merged weight alone does not determine them)".into(),
+            )
+        })?;
+        for o in 0..out_f {
+            let f = norms[o] / mag[o];
+            oi[o * in_f..(o + 1) * in_f]
+                .iter_mut()
+                .for_each(|x| *x *= f);
+        }
+    }
+    for (x, d) in oi.iter_mut().zip(&delta) {
+        *x -= d;
+    }
+    let back = if info.kind == ModuleKind::Conv1D {
+        transpose(&oi, out_f, in_f)
+    } else {
+        oi
+    };
+    w.copy_from_slice(&back);
+    Ok(())
 }

@@ -75,7 +75,7 @@ mod pairs;
 mod spectrum;
 pub mod targets;
 
-pub use adapter::{Adapter, LoraModule, PREFIX, merge_module};
+pub use adapter::{Adapter, LoraModule, PREFIX, merge_module, unmerge_module};
 pub use combine::{Combination, CombineOptions, add_weighted_adapter};
 pub use config::{Bias, LoraConfig, Modules, OneOrMany};
 pub use error::{Error, Result};

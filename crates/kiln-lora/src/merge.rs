@@ -182,7 +182,7 @@ pub fn merge_into_checkpoint(
             };
             if let Some(list) = plan.deltas.get(&spec.name) {
                 for (module, w, info) in list {
-                    merge_module(&mut values, info, module, *w);
+                    let _ = merge_module(&mut values, info, module, *w);
                 }
                 summary.merged += 1;
             }

@@ -660,3 +660,35 @@ fn intruder_mitigation_matches_peft() {
         assert!(d < 1e-5, "{name}: mitigated ΔW differs from PEFT's by {d}");
     }
 }
+
+#[test]
+fn merge_then_unmerge_is_the_identity() {
+    use kiln_lora::targets::Inventory;
+    use kiln_lora::{merge_module, unmerge_module};
+    for (name, base) in ADAPTERS {
+        let adapter = Adapter::load(fixtures().join("adapters").join(name)).unwrap();
+        let ckpt = Checkpoint::open(fixtures().join("models").join(base)).unwrap();
+        let inventory = Inventory::of(&ckpt);
+        for (module, info) in adapter.resolve(|n| inventory.find(n)).unwrap() {
+            let m = &adapter.modules[&module];
+            let original = ckpt
+                .tensor(&format!("{}.weight", info.name))
+                .unwrap()
+                .to_f32()
+                .unwrap();
+            let mut w = original.clone();
+            let norms = merge_module(&mut w, info, m, 1.0);
+            assert!(
+                max_diff(&w, &original) > 1e-3,
+                "{name} {module}: the merge changed something"
+            );
+            if m.magnitude.is_some() {
+                let mut again = w.clone();
+                assert!(unmerge_module(&mut again, info, m, 1.0, None).is_err());
+            }
+            unmerge_module(&mut w, info, m, 1.0, norms.as_deref()).unwrap();
+            let d = max_diff(&w, &original);
+            assert!(d < 1e-6, "{name} {module}: merge + unmerge is off by {d}");
+        }
+    }
+}
