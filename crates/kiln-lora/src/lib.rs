@@ -52,6 +52,9 @@
 //!   sign election.
 //! - [`init`]: PEFT's initialisations (default Kaiming-uniform, gaussian, PiSSA, OLoRA with the
 //!   residual base weight).
+//! - [`train`] (feature `models`, on by default): adapters on kiln-models' burn modules with
+//!   PEFT's targeting, ranks, scales, inits and trainable biases, loaded from and exported to PEFT
+//!   adapters.
 //! - [`extract`]: a PEFT adapter from a base and a fine-tuned checkpoint
 //!   (mergekit-extract-lora's options: max rank, σ epsilon, scale distribution, include/exclude,
 //!   embeddings as `modules_to_save` or LoRA).
@@ -74,6 +77,8 @@ mod merge;
 mod pairs;
 mod spectrum;
 pub mod targets;
+#[cfg(feature = "models")]
+pub mod train;
 
 pub use adapter::{Adapter, LoraModule, PREFIX, merge_module, unmerge_module};
 pub use combine::{Combination, CombineOptions, add_weighted_adapter};

@@ -1,7 +1,10 @@
 //! What kiln-lora's training side will build on (docs/ARCHITECTURE.md, "kiln-lora"): burn
 //! 0.22.1's `apply_lora` attaches adapters to kiln-models' GPT-2 by the Hugging Face parameter
 //! names, with factors `a [d_in, r]` and `b [r, d_out]` (PEFT's `lora_Aᵀ`, `lora_Bᵀ`), and
-//! freezes everything else. A burn upgrade that changes any of this fails here first.
+//! freezes everything else. A burn upgrade that changes any of this fails here first. Then
+//! `kiln_lora::train` on top of it, against PEFT's fixtures.
+
+#![cfg(feature = "models")]
 
 use kiln_models::LoadOptions;
 use kiln_models::burn::module::{Lora, Module, ModuleVisitor, Param, ParamGroup};
@@ -85,4 +88,145 @@ fn burn_lora_attaches_to_kiln_gpt2_by_hugging_face_names() {
     let after = model.valid().loss(eval_ids, None).into_scalar::<f32>();
 
     assert!((before - after).abs() < 1e-6, "{before} vs {after}");
+}
+
+fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn reference(name: &str) -> (Vec<Vec<i64>>, Vec<f32>, serde_json::Value) {
+    let ckpt =
+        kiln_checkpoint::Checkpoint::open(fixtures().join(format!("reference/{name}.safetensors")))
+            .unwrap();
+    let ids = ckpt.tensor("input_ids").unwrap();
+    let cols = ids.shape()[1];
+    let flat: Vec<i64> = ids
+        .data
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let rows = flat.chunks(cols).map(<[i64]>::to_vec).collect();
+    let logits = ckpt.tensor("logits").unwrap().to_f32().unwrap();
+    let counts = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join(format!("reference/{name}.json"))).unwrap(),
+    )
+    .unwrap();
+    (rows, logits, counts)
+}
+
+fn logits(model: &Gpt2LmHead, rows: &[Vec<i64>]) -> Vec<f32> {
+    let (b, l) = (rows.len(), rows[0].len());
+    let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(flat, [b, l]), &Device::flex());
+    model
+        .valid()
+        .forward(ids, None, None)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+fn close(got: &[f32], want: &[f32], what: &str) {
+    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    let d = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        d <= 1e-5 * scale,
+        "{what}: max |kiln − PEFT| = {d} (scale {scale})"
+    );
+}
+
+#[test]
+fn peft_adapters_attach_load_and_export_through_burn() {
+    use kiln_lora::{Adapter, train};
+    for name in ["gpt2_plain", "gpt2_rslora", "gpt2_patterns"] {
+        let peft = Adapter::load(fixtures().join("adapters").join(name)).unwrap();
+        let device = Device::flex().autodiff();
+        let model = Gpt2LmHead::load(
+            fixtures().join("models/gpt2"),
+            &device,
+            LoadOptions::default(),
+        )
+        .unwrap();
+        let (model, report) = train::attach(model, &peft.config, 0).unwrap();
+        let (rows, want, counts) = reference(name);
+        assert_eq!(
+            report.trainable as u64,
+            counts["trainable"].as_u64().unwrap(),
+            "{name}: {report}"
+        );
+        assert_eq!(
+            report.total as u64,
+            counts["total"].as_u64().unwrap(),
+            "{name}: {report}"
+        );
+        assert_eq!(
+            report.modules.len(),
+            peft.modules.len(),
+            "{name}: the same modules are adapted"
+        );
+        let model = train::load_factors(model, &peft).unwrap();
+        close(&logits(&model, &rows), &want, name);
+        let back = train::export(&model, &peft.config).unwrap();
+        assert_eq!(
+            back.modules, peft.modules,
+            "{name}: exported factors are the loaded ones"
+        );
+        assert_eq!(
+            back.replaced.keys().collect::<Vec<_>>(),
+            peft.replaced.keys().collect::<Vec<_>>(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn pissa_and_olora_attach_without_changing_the_model() {
+    use kiln_lora::{LoraConfig, Modules, train};
+    let device = Device::flex().autodiff();
+    let rows = vec![vec![3i64, 9, 27, 14, 5], vec![1, 2, 3, 4, 6]];
+    let base = Gpt2LmHead::load(
+        fixtures().join("models/gpt2"),
+        &device,
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let before = logits(&base, &rows);
+    for init in ["pissa", "olora", "gaussian"] {
+        let mut config = LoraConfig::new(4, 8.0, Modules::Pattern("all-linear".into()));
+        config.init_lora_weights = serde_json::Value::String(init.into());
+        let (model, _) = train::attach(base.clone(), &config, 3).unwrap();
+        // the principal part moved into the adapter: W_res + s·a·b = W
+        close(&logits(&model, &rows), &before, init);
+        let adapter = train::export(&model, &config).unwrap();
+        let m = &adapter.modules["transformer.h.0.attn.c_attn"];
+        let nonzero = m.b.iter().any(|x| *x != 0.0);
+        assert_eq!(
+            nonzero,
+            init != "gaussian",
+            "{init}: B starts at zero only for the random inits"
+        );
+    }
+    let mut config = LoraConfig::new(4, 8.0, Modules::List(vec!["c_attn".into()]));
+    config.lora_dropout = 0.1;
+    assert!(
+        train::attach(base.clone(), &config, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("lora_dropout")
+    );
+    let config = LoraConfig::new(4, 8.0, Modules::List(vec!["q_proj".into()]));
+    let e = train::attach(base.clone(), &config, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("transformer.h.N.attn.c_attn"), "{e}");
+    let config = LoraConfig::new(40, 8.0, Modules::List(vec!["c_attn".into()]));
+    assert!(
+        train::attach(base, &config, 0).is_err(),
+        "rank above the matrix"
+    );
 }

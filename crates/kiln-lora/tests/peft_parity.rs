@@ -2,6 +2,8 @@
 //! `tests/fixtures/make_lora_fixtures.py` (see its docstring for what each file is and how to
 //! regenerate them).
 
+#![cfg(feature = "models")]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
