@@ -230,3 +230,142 @@ fn pissa_and_olora_attach_without_changing_the_model() {
         "rank above the matrix"
     );
 }
+
+/// Sequences of a simple rule (steps of 1 or 2 through the vocabulary), to fine-tune on.
+fn sequences(n: usize, len: usize, vocab: u32, offset: u32) -> Vec<Vec<u32>> {
+    (0..n as u32)
+        .map(|i| {
+            let (start, step) = ((i * 7 + offset) % vocab, 1 + (i % 2));
+            (0..len as u32)
+                .map(|j| (start + j * step) % (vocab - 1) + 1)
+                .collect()
+        })
+        .collect()
+}
+
+fn optimizer_bytes(run: &std::path::Path) -> u64 {
+    let ckpts = run.join("checkpoints");
+    let newest = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .max()
+        .unwrap();
+    std::fs::metadata(newest.join(kiln_train::checkpoint::OPTIMIZER_FILE))
+        .unwrap()
+        .len()
+}
+
+fn base_weight(model: &Gpt2LmHead) -> Vec<f32> {
+    let mut names = Names {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    model.visit(&mut names);
+    assert!(
+        names
+            .out
+            .iter()
+            .any(|(n, _, _)| n == "transformer.h.0.attn.c_attn.weight")
+    );
+    model.transformer.h[0]
+        .attn
+        .c_attn
+        .weight
+        .base()
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn lora_fine_tuning_through_kiln_train_keeps_the_base_and_optimizer_state_small() {
+    use kiln_lora::{LoraConfig, MergeOptions, Modules, merge_into_checkpoint, train};
+    use kiln_train::tasks::CausalLmTask;
+    use kiln_train::{OptimizerConfig, TrainState, TrainTask, Trainer, TrainerConfig};
+    let device = Device::flex().autodiff();
+    let fit = |lora: Option<&LoraConfig>, run: &std::path::Path| {
+        let base = Gpt2LmHead::load(
+            fixtures().join("models/gpt2"),
+            &device,
+            LoadOptions::default(),
+        )
+        .unwrap();
+        let model = match lora {
+            Some(c) => train::attach(base, c, 0).unwrap().0,
+            None => base,
+        };
+        let mut task = CausalLmTask::new(
+            sequences(32, 12, 61, 0),
+            sequences(8, 12, 61, 3),
+            8,
+            0,
+            &device,
+        )
+        .unwrap();
+        let mut config =
+            TrainerConfig::new("40ba".parse().unwrap(), OptimizerConfig::adamw(1e-2, 0.0));
+        config.progress_bar = false;
+        config.save_interval = Some("40ba".parse().unwrap());
+        let initial =
+            TrainTask::evaluate(&mut task, &model, &TrainState::default()).unwrap()["loss"];
+        let out = Trainer::new(config, run.join("run"))
+            .fit(model, &mut task, &mut [], &device)
+            .unwrap();
+        (
+            initial,
+            out.eval["loss"],
+            out.model,
+            optimizer_bytes(&run.join("run")),
+        )
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = LoraConfig::new(4, 8.0, Modules::Pattern("all-linear".into()));
+    let original = base_weight(
+        &Gpt2LmHead::load(
+            fixtures().join("models/gpt2"),
+            &device,
+            LoadOptions::default(),
+        )
+        .unwrap(),
+    );
+    let (_, full_loss, _, full_bytes) = fit(None, &tmp.path().join("full"));
+    let (start, lora_loss, lora_model, lora_bytes) = fit(Some(&config), &tmp.path().join("lora"));
+    assert!(
+        lora_loss < start - 0.5,
+        "LoRA learns: {start} → {lora_loss} nats"
+    );
+    assert!(
+        full_loss < lora_loss,
+        "full fine-tuning learns more here: {full_loss} vs {lora_loss}"
+    );
+    assert_eq!(
+        base_weight(&lora_model),
+        original,
+        "the frozen base does not move"
+    );
+    assert!(
+        (lora_bytes as f64) < 0.5 * full_bytes as f64,
+        "AdamW state only for the factors: {lora_bytes} vs {full_bytes} bytes"
+    );
+    // the trained factors, exported and merged into the Hugging Face checkpoint, give the
+    // trained model's logits
+    let adapter = train::export(&lora_model, &config).unwrap();
+    let merged = merge_into_checkpoint(
+        &fixtures().join("models/gpt2"),
+        &[(&adapter, 1.0)],
+        &tmp.path().join("merged"),
+        MergeOptions::default(),
+        &mut |_, _, _| {},
+    )
+    .unwrap()
+    .0;
+    let rows = vec![vec![3i64, 4, 5, 6, 7, 8], vec![10, 12, 14, 16, 18, 20]];
+    let merged_model = Gpt2LmHead::load(&merged, &Device::flex(), LoadOptions::default()).unwrap();
+    close(
+        &logits(&merged_model, &rows),
+        &logits(&lora_model, &rows),
+        "merged vs trained",
+    );
+}

@@ -1,5 +1,6 @@
 //! Ready-made tasks for kiln-models: masked-LM pretraining of (Mosaic)BERT with a masking-rate
-//! schedule over a domain mixture, and sequence-classification fine-tuning.
+//! schedule over a domain mixture, sequence-classification fine-tuning, and causal language
+//! modelling on GPT-2 (full or LoRA fine-tuning).
 
 use std::collections::BTreeMap;
 
@@ -9,6 +10,7 @@ use kiln_data::mixture::{MixtureSampler, MixtureState};
 use kiln_data::mlm::{MlmBatch, MlmCollator};
 use kiln_data::packing::SequenceStream;
 use kiln_models::bert::{BertForMaskedLm, BertForSequenceClassification, MlmPositions, Padding};
+use kiln_models::gpt2::Gpt2LmHead;
 use kiln_schedules::{DataMix, MaskingSchedule, ResolvedMasking};
 use serde_json::Value;
 
@@ -554,6 +556,193 @@ impl TrainTask<BertForSequenceClassification> for ClassificationTask {
             out.insert("mcc".into(), mcc(confusion));
         }
         Ok(out)
+    }
+
+    fn data_state(&self) -> Value {
+        serde_json::json!({"cursor": self.cursor})
+    }
+
+    fn restore_data_state(&mut self, state: &Value) -> Result<()> {
+        self.cursor = state["cursor"].as_u64().ok_or_else(|| Error::Config {
+            message: "checkpointed data state has no cursor".into(),
+        })?;
+        Ok(())
+    }
+}
+
+/// Causal language modelling on a GPT-2 (`Gpt2LmHead`): shuffled epochs over token sequences,
+/// mean next-token cross-entropy (padding of shorter rows masked), and the same loss with its
+/// perplexity on an evaluation set — fine-tuning and the "learns / forgets" losses of LoRA
+/// studies.
+pub struct CausalLmTask {
+    train: Vec<Vec<u32>>,
+    eval: Vec<Vec<u32>>,
+    batch_size: usize,
+    seed: u64,
+    device: Device,
+    cursor: u64,
+    order: (u64, Vec<u32>),
+    checked: bool,
+}
+
+impl CausalLmTask {
+    /// A task over `train` and `eval` sequences with `batch_size` sequences per micro-batch.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for empty sets, a zero batch size or a sequence of fewer than 2 tokens.
+    pub fn new(
+        train: Vec<Vec<u32>>,
+        eval: Vec<Vec<u32>>,
+        batch_size: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let bad = |message: String| Err(Error::Config { message });
+        if train.is_empty() || eval.is_empty() || batch_size == 0 {
+            return bad("causal LM task: the training and evaluation sets and the batch size must not be empty".into());
+        }
+        for (set, seqs) in [("training", &train), ("evaluation", &eval)] {
+            if let Some(i) = seqs.iter().position(|s| s.len() < 2) {
+                return bad(format!(
+                    "causal LM task: {set} sequence {i} has fewer than 2 tokens (nothing to predict)"
+                ));
+            }
+        }
+        let order = (0, kiln_data::packing::permutation(train.len(), seed, 0));
+        Ok(Self {
+            train,
+            eval,
+            batch_size,
+            seed,
+            device: device.clone(),
+            cursor: 0,
+            order,
+            checked: false,
+        })
+    }
+
+    /// Token ids below `vocab_size`, lengths within `n_positions`: checked once, naming the
+    /// sequence.
+    fn check(&mut self, model: &Gpt2LmHead) -> Result<()> {
+        if self.checked {
+            return Ok(());
+        }
+        let c = &model.transformer.config;
+        for (set, seqs) in [("training", &self.train), ("evaluation", &self.eval)] {
+            for (i, s) in seqs.iter().enumerate() {
+                if let Some(&t) = s.iter().find(|&&t| t as usize >= c.vocab_size) {
+                    return Err(Error::Config {
+                        message: format!(
+                            "{set} sequence {i}: token id {t} is outside the model's vocabulary (vocab_size {})",
+                            c.vocab_size
+                        ),
+                    });
+                }
+                if s.len() > c.n_positions {
+                    return Err(Error::Config {
+                        message: format!(
+                            "{set} sequence {i} has {} tokens, more than the model's {} positions (n_positions); split it",
+                            s.len(),
+                            c.n_positions
+                        ),
+                    });
+                }
+            }
+        }
+        self.checked = true;
+        Ok(())
+    }
+
+    fn pad(rows: &[&Vec<u32>], device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+        let l = rows.iter().map(|r| r.len()).max().unwrap_or(2);
+        let (mut ids, mut mask) = (vec![0i64; rows.len() * l], vec![0i64; rows.len() * l]);
+        for (i, r) in rows.iter().enumerate() {
+            for (j, &t) in r.iter().enumerate() {
+                ids[i * l + j] = i64::from(t);
+                mask[i * l + j] = 1;
+            }
+        }
+        (
+            ints(&ids, [rows.len(), l], device),
+            ints(&mask, [rows.len(), l], device),
+        )
+    }
+}
+
+impl TrainTask<Gpt2LmHead> for CausalLmTask {
+    type Batch = Vec<usize>;
+
+    fn data_size(&self) -> DataSize {
+        DataSize {
+            steps_per_epoch: Some(self.train.len().div_ceil(self.batch_size) as u64),
+            samples_per_step: Some(self.batch_size as u64),
+            tokens_per_step: None,
+        }
+    }
+
+    fn next_batch(
+        &mut self,
+        _: &TrainState,
+        _: usize,
+        _: usize,
+    ) -> Result<(Vec<usize>, BatchSize)> {
+        let n = self.train.len() as u64;
+        let mut idx = Vec::with_capacity(self.batch_size);
+        for k in 0..self.batch_size as u64 {
+            let at = self.cursor + k;
+            if self.order.0 != at / n {
+                self.order = (
+                    at / n,
+                    kiln_data::packing::permutation(self.train.len(), self.seed, at / n),
+                );
+            }
+            idx.push(self.order.1[(at % n) as usize] as usize);
+        }
+        self.cursor += self.batch_size as u64;
+        let tokens = idx.iter().map(|&i| self.train[i].len() as u64).sum();
+        Ok((
+            idx,
+            BatchSize {
+                samples: self.batch_size as u64,
+                tokens,
+            },
+        ))
+    }
+
+    /// The mean next-token cross-entropy over real targets, the inputs and the sequences' indices.
+    fn forward(&mut self, model: &Gpt2LmHead, idx: Vec<usize>) -> Result<StepOutput> {
+        self.check(model)?;
+        let rows: Vec<&Vec<u32>> = idx.iter().map(|&i| &self.train[i]).collect();
+        let (ids, mask) = Self::pad(&rows, &self.device);
+        let loss = model.loss(ids.clone(), Some(mask.clone()));
+        Ok(StepOutput::new(loss)
+            .with_inputs(ModelInputs {
+                input_ids: ids,
+                attention_mask: Some(mask),
+                token_type_ids: None,
+            })
+            .with_example_ids(idx.iter().map(|&i| i as u64).collect()))
+    }
+
+    /// `loss` (mean next-token cross-entropy per predicted token, in nats) and `perplexity`.
+    fn evaluate(&mut self, model: &Gpt2LmHead, _: &TrainState) -> Result<BTreeMap<String, f64>> {
+        self.check(model)?;
+        let valid = model.valid();
+        let device = self.device.clone().inner();
+        let (mut sum, mut count) = (0.0f64, 0.0f64);
+        for chunk in self.eval.chunks(self.batch_size) {
+            let rows: Vec<&Vec<u32>> = chunk.iter().collect();
+            let (ids, mask) = Self::pad(&rows, &device);
+            let targets: f64 = rows.iter().map(|r| (r.len() - 1) as f64).sum();
+            let loss = valid.loss(ids, Some(mask)).into_scalar::<f32>() as f64;
+            sum += loss * targets;
+            count += targets;
+        }
+        let loss = sum / count;
+        Ok(BTreeMap::from([
+            ("loss".to_owned(), loss),
+            ("perplexity".to_owned(), loss.exp()),
+        ]))
     }
 
     fn data_state(&self) -> Value {

@@ -59,3 +59,33 @@ fn classification_data_is_checked_against_the_model() {
         assert!(err.contains(want), "{err}");
     }
 }
+
+#[test]
+fn causal_lm_task_refuses_data_that_does_not_fit_gpt2() {
+    use kiln_models::gpt2::{Gpt2Config, Gpt2LmHead};
+    use kiln_train::tasks::CausalLmTask;
+    let device = Device::flex().autodiff();
+    let config = Gpt2Config::tiny();
+    let fit = |train: Vec<Vec<u32>>| -> Result<(), String> {
+        let model = Gpt2LmHead::init(&config, &device).unwrap();
+        let mut task = CausalLmTask::new(train, vec![vec![1, 2, 3]], 2, 0, &device)
+            .map_err(|e| e.to_string())?;
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = TrainerConfig::new("2ba".parse().unwrap(), OptimizerConfig::adamw(1e-3, 0.0));
+        c.progress_bar = false;
+        Trainer::new(c, dir.path())
+            .fit(model, &mut task, &mut [], &device)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    fit(vec![vec![1, 2, 3, 4], vec![5, 6, 7]]).unwrap();
+    let e = fit(vec![vec![1, 2], vec![3, config.vocab_size as u32]]).unwrap_err();
+    assert!(
+        e.contains("training sequence 1") && e.contains("vocab_size"),
+        "{e}"
+    );
+    let e = fit(vec![vec![1; config.n_positions + 1]]).unwrap_err();
+    assert!(e.contains("n_positions"), "{e}");
+    let e = fit(vec![vec![1]]).unwrap_err();
+    assert!(e.contains("fewer than 2 tokens"), "{e}");
+}
