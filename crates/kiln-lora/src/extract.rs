@@ -91,6 +91,13 @@ pub fn extract(
             "max rank 0: a LoRA rank must be at least 1".into(),
         ));
     }
+    if out.exists() && !options.force {
+        // before the SVDs, not after them
+        return Err(Error::Invalid(format!(
+            "{} already exists; choose another output directory or pass --force (force: true) to replace it",
+            out.display()
+        )));
+    }
     let pair = Pair::open(base, finetuned)?;
     let mut report = ExtractReport::default();
     let mut modules = BTreeMap::new();

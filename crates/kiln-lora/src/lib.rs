@@ -23,9 +23,10 @@
 //! save(&base, &[1.0, 0.0, 0.0, 1.0, 2.0, 3.0])?;
 //! save(&ft, &[1.5, 1.0, 0.0, 1.0, 2.5, 4.0])?; // + [0.5, 0, 0.5]ᵀ·[1, 2]
 //!
-//! // Extract a PEFT adapter (rank 1 suffices), then merge it back into the base.
-//! let (dir, _, report) = extract(&base, &ft, &tmp.path().join("adapter"), &ExtractOptions::default(), &mut |_, _, _| {})?;
-//! assert_eq!(report.modules[0].rank, 2.min(report.modules[0].real_rank));
+//! // Extract a PEFT adapter: singular values below 1e-4 are dropped, so rank 1 is found.
+//! let options = ExtractOptions { sv_epsilon: 1e-4, ..Default::default() };
+//! let (dir, _, report) = extract(&base, &ft, &tmp.path().join("adapter"), &options, &mut |_, _, _| {})?;
+//! assert_eq!(report.modules[0].rank, 1);
 //! let adapter = Adapter::load(&dir)?;
 //! let (merged, _) = merge_into_checkpoint(&base, &[(&adapter, 1.0)], &tmp.path().join("merged"), MergeOptions::default(), &mut |_, _, _| {})?;
 //! let w = kiln_checkpoint::Checkpoint::open(&merged)?.tensor("layer.0.q.weight")?.to_f32()?;
