@@ -1,6 +1,8 @@
-//! `cargo xtask bench lora`: `kiln lora extract` and `kiln lora spectrum` on a generated pair of
-//! f32 checkpoints with GPT-2-medium's layout, beside the same SVDs in PyTorch
-//! (`xtask/lora_anchor.py`, `torch.linalg.svd`) in the same run: wall time and peak RSS.
+//! `cargo xtask bench lora [files|train]`: `kiln lora extract` and `kiln lora spectrum` on a
+//! generated pair of f32 checkpoints with GPT-2-medium's layout, beside the same SVDs in PyTorch
+//! (`xtask/lora_anchor.py`, `torch.linalg.svd`) in the same run: wall time and peak RSS
+//! (`files`); and a GPT-2-small fine-tuning step with LoRA and in full, beside PyTorch + PEFT
+//! (`train`). Both by default.
 
 use std::path::Path;
 use std::process::Command;
@@ -90,9 +92,157 @@ fn torch_available() -> bool {
 }
 
 pub(crate) fn lora(args: &[&str]) -> Result {
-    if !args.is_empty() {
-        return Err(format!("unknown arguments to `bench lora`: {args:?}").into());
+    let (files, train) = match args {
+        [] => (true, true),
+        ["files"] => (true, false),
+        ["train"] => (false, true),
+        _ => {
+            return Err(format!(
+                "unknown arguments to `bench lora` (files, train or nothing): {args:?}"
+            )
+            .into());
+        }
+    };
+    if files {
+        files_bench()?;
     }
+    if train {
+        train_bench()?;
+    }
+    Ok(())
+}
+
+/// One configuration of the training step, in its own process: kiln's bench or the PyTorch
+/// script; `None` when PyTorch or PEFT is missing.
+fn step(tool: &str, mode: &str) -> Result<Option<serde_json::Value>> {
+    let out = if tool == "kiln" {
+        eprintln!("$ cargo bench -p kiln-lora --bench lora_step -- {mode}");
+        let out = Command::new("cargo")
+            .args([
+                "bench",
+                "-p",
+                "kiln-lora",
+                "--bench",
+                "lora_step",
+                "--",
+                mode,
+            ])
+            .current_dir(root())
+            .output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "the kiln bench failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        out
+    } else {
+        let script = root().join("crates/kiln-lora/benches/torch_lora_step.py");
+        eprintln!("$ python3 {} --mode {mode}", script.display());
+        let out = Command::new("python3")
+            .arg(&script)
+            .args(["--mode", mode])
+            .output()?;
+        if !out.status.success() {
+            eprintln!(
+                "PyTorch + PEFT anchor failed (are torch, transformers and peft installed?): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return Ok(None);
+        }
+        out
+    };
+    Ok(Some(crate::bench::last_json(&out.stdout)?))
+}
+
+fn train_bench() -> Result {
+    let mut table = String::from(
+        "| fine-tuning | tool | step time | peak RSS | trainable / total parameters |\n|---|---|---:|---:|---:|\n",
+    );
+    let mut versions = String::from("not installed");
+    let mut medians = std::collections::BTreeMap::new();
+    for mode in ["lora", "full"] {
+        for tool in ["kiln", "torch"] {
+            let label = match (tool, mode) {
+                ("kiln", _) => "kiln (burn flex)",
+                (_, "lora") => "PyTorch + PEFT",
+                _ => "PyTorch",
+            };
+            let Some(v) = step(tool, mode)? else {
+                table.push_str(&format!("| {mode} | {label} | not installed | | |\n"));
+                continue;
+            };
+            if let Some(t) = v["torch"].as_str() {
+                versions = t.to_owned();
+            }
+            let times: Vec<f64> = v["step_s"]
+                .as_array()
+                .ok_or("no step times")?
+                .iter()
+                .filter_map(serde_json::Value::as_f64)
+                .collect();
+            let t = Spread::of(&times).ok_or("no step times")?;
+            let rss = v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN);
+            medians.insert((mode, tool), (t.median, rss));
+            table.push_str(&format!(
+                "| {mode} | {label} | {} | {rss:.0} MiB | {} / {} |\n",
+                t.show(|x| format!("{x:.2} s")),
+                v["trainable"],
+                v["total"]
+            ));
+        }
+    }
+    let mut notes = String::new();
+    if let (Some(l), Some(f)) = (
+        medians.get(&("lora", "kiln")),
+        medians.get(&("full", "kiln")),
+    ) {
+        notes.push_str(&format!(
+            "- kiln: a LoRA step takes {:.2}× a full fine-tuning step's time at {:.0}% of its peak memory.\n",
+            l.0 / f.0,
+            100.0 * l.1 / f.1
+        ));
+    }
+    if let (Some(l), Some(f)) = (
+        medians.get(&("lora", "torch")),
+        medians.get(&("full", "torch")),
+    ) {
+        notes.push_str(&format!(
+            "- PyTorch: a LoRA step (PEFT) takes {:.2}× a full step's time at {:.0}% of its peak memory.\n",
+            l.0 / f.0,
+            100.0 * l.1 / f.1
+        ));
+    }
+    for mode in ["lora", "full"] {
+        if let (Some(k), Some(t)) = (medians.get(&(mode, "kiln")), medians.get(&(mode, "torch"))) {
+            notes.push_str(&format!(
+                "- {mode}: kiln's step takes {:.2}× PyTorch's time at {:.0}% of its peak memory.\n",
+                k.0 / t.0,
+                100.0 * k.1 / t.1
+            ));
+        }
+    }
+    let section = format!(
+        "<!-- bench:lora-train:start -->\n\
+## kiln-lora: a LoRA fine-tuning step vs full fine-tuning (CPU)\n\n\
+Command: `cargo xtask bench lora train` (`crates/kiln-lora/benches/lora_step.rs`, release build, beside \
+`benches/torch_lora_step.py`, PyTorch {versions} with transformers and PEFT). GPT-2 small layout (12 layers × 768, vocabulary 50257, \
+random init, dropout 0.1), batch 4 × 128 tokens; one step = forward, next-token loss, backward, AdamW. LoRA: r 16, α 32 on every \
+linear layer (`all-linear`: c_attn, c_proj, c_fc, mlp.c_proj), base frozen. Each configuration runs in its own process, every core; \
+step times are the median of 5 steps after 1 warm-up with their min–max in parentheses; peak RSS is the process's VmHWM \
+(PyTorch: `ru_maxrss`). kiln's LoRA is burn's weight reparameterisation: the effective weight `W + s·a·b` is formed each step and \
+its dense gradient computed before it reaches the factors, so LoRA saves the optimiser state and the base's gradients, not that \
+transient.\n\
+Machine: {}.\n\n{table}\n{notes}\
+<!-- bench:lora-train:end -->\n",
+        crate::bench::machine()
+    );
+    print!("{section}");
+    crate::bench::record(&root().join("docs/BENCHMARKS.md"), "lora-train", &section)
+}
+
+fn files_bench() -> Result {
     run("cargo", &["build", "--release", "-p", "kiln-cli"], &[])?;
     let target = crate::bench::target_dir()?;
     let kiln = target.join("release/kiln");

@@ -60,8 +60,9 @@ commands:
                                     (--features wgpu, --device wgpu:cpu; needs mesa-vulkan-drivers)
   bench scaling                     run the criterion benches of kiln-scaling-laws and the scipy anchor,
                                     then record both in docs/BENCHMARKS.md
-  bench lora                        kiln lora extract and spectrum on a GPT-2-medium-shaped f32 pair beside the
-                                    same SVDs in PyTorch (wall time, peak RSS) → docs/BENCHMARKS.md
+  bench lora [files|train]          files: kiln lora extract and spectrum on a GPT-2-medium-shaped f32 pair
+                                    beside the same SVDs in PyTorch (wall time, peak RSS); train: a GPT-2-small
+                                    LoRA step vs full fine-tuning beside PyTorch + PEFT → docs/BENCHMARKS.md
   bench models                      tokens/s of GPT-2-small and BERT-base on the CPU (forward, forward+backward),
                                     beside PyTorch → docs/BENCHMARKS.md
   bench train                       one training step of a tiny BERT (forward, MLM loss, backward, clipping,
