@@ -39,6 +39,28 @@ pub struct LoraModule {
 }
 
 impl LoraModule {
+    /// A plain LoRA module (no DoRA magnitude, no LoRA bias) from `A [r, a_cols]` and
+    /// `B [b_rows, r]`.
+    pub fn new(
+        a: Vec<f32>,
+        b: Vec<f32>,
+        [b_rows, r, a_cols]: [usize; 3],
+        scaling: f64,
+        embedding: bool,
+    ) -> Self {
+        Self {
+            a,
+            b,
+            r,
+            a_cols,
+            b_rows,
+            scaling,
+            magnitude: None,
+            lora_bias: None,
+            embedding,
+        }
+    }
+
     /// `scaling · B · A` (embeddings: transposed to `[num_embeddings, dim]`), times `weight`.
     pub fn delta(&self, weight: f64) -> Vec<f32> {
         let s = (self.scaling * weight) as f32;

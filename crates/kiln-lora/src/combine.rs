@@ -280,17 +280,7 @@ pub fn add_weighted_adapter(
                 }
                 offset += m.r;
             }
-            LoraModule {
-                a,
-                b,
-                r,
-                a_cols: cols,
-                b_rows: rows,
-                scaling: 1.0,
-                magnitude: None,
-                lora_bias: None,
-                embedding: first.embedding,
-            }
+            LoraModule::new(a, b, [rows, r, cols], 1.0, first.embedding)
         } else if how.svd() {
             // ΔW in the factors' orientation (B·A): embeddings transposed back
             let [d0, d1] = first.delta_shape();
@@ -339,17 +329,7 @@ pub fn add_weighted_adapter(
                 b.iter_mut().for_each(|x| *x = x.clamp(-hi, hi));
                 a.iter_mut().for_each(|x| *x = x.clamp(-hi, hi));
             }
-            LoraModule {
-                a,
-                b,
-                r: k,
-                a_cols: cols,
-                b_rows: rows,
-                scaling: 1.0,
-                magnitude: None,
-                lora_bias: None,
-                embedding: first.embedding,
-            }
+            LoraModule::new(a, b, [rows, k, cols], 1.0, first.embedding)
         } else {
             if present.iter().any(|(m, _)| m.r != first.r) {
                 return Err(Error::Invalid(format!(
@@ -384,17 +364,13 @@ pub fn add_weighted_adapter(
                 options.seed,
                 &format!("{name}.lora_B"),
             );
-            LoraModule {
+            LoraModule::new(
                 a,
                 b,
-                r: first.r,
-                a_cols: first.a_cols,
-                b_rows: first.b_rows,
-                scaling: 1.0,
-                magnitude: None,
-                lora_bias: None,
-                embedding: first.embedding,
-            }
+                [first.b_rows, first.r, first.a_cols],
+                1.0,
+                first.embedding,
+            )
         };
         modules.insert(name.clone(), module);
     }

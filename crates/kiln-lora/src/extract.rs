@@ -143,17 +143,7 @@ pub fn extract(
         let (b, a) = svd.factors(r, options.distribute_scale);
         modules.insert(
             m.name.clone(),
-            LoraModule {
-                a,
-                b,
-                r,
-                a_cols: cols,
-                b_rows: rows,
-                scaling: 1.0,
-                magnitude: None,
-                lora_bias: None,
-                embedding,
-            },
+            LoraModule::new(a, b, [rows, r, cols], 1.0, embedding),
         );
         report.modules.push(ExtractedModule {
             name: m.name.clone(),

@@ -40,10 +40,11 @@ use crate::init::{Init, init_factors};
 use crate::linalg::transpose;
 use crate::targets::{Inventory, ModuleInfo, ModuleKind, Targeting};
 
-/// Every float parameter of a module: path, shape, trainable.
+/// Every float parameter of a module: path, shape, trainable, and (when asked) its values.
 struct Walk {
     path: Vec<String>,
-    out: Vec<(String, Vec<usize>, bool)>,
+    values: bool,
+    out: Vec<(String, Vec<usize>, bool, Vec<f32>)>,
 }
 
 impl ModuleVisitor for Walk {
@@ -55,18 +56,29 @@ impl ModuleVisitor for Walk {
     }
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
         let t = p.val();
+        let (shape, trainable) = (t.dims().to_vec(), t.is_require_grad());
+        let values = if self.values { to_vec(t) } else { Vec::new() };
         self.out
-            .push((self.path.join("."), t.dims().to_vec(), t.is_require_grad()));
+            .push((self.path.join("."), shape, trainable, values));
     }
 }
 
-fn walk<M: Module>(model: &M) -> Vec<(String, Vec<usize>, bool)> {
+/// Paths, shapes and trainable flags (`values`: with the values too).
+fn walk_with<M: Module>(model: &M, values: bool) -> Vec<(String, Vec<usize>, bool, Vec<f32>)> {
     let mut w = Walk {
         path: Vec::new(),
+        values,
         out: Vec::new(),
     };
     model.visit(&mut w);
     w.out
+}
+
+fn walk<M: Module>(model: &M) -> Vec<(String, Vec<usize>, bool)> {
+    walk_with(model, false)
+        .into_iter()
+        .map(|(n, s, t, _)| (n, s, t))
+        .collect()
 }
 
 /// The modules of a burn model as kiln-lora sees checkpoint modules: burn stores every linear
@@ -319,12 +331,10 @@ pub fn attach<M: Module>(model: M, config: &LoraConfig, seed: u64) -> Result<(M,
 /// # Errors
 /// [`Error::Invalid`] when the model carries no adapter.
 pub fn export<M: Module>(model: &M, config: &LoraConfig) -> Result<Adapter> {
-    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>, bool)> = BTreeMap::new();
-    let mut c = Collect {
-        path: Vec::new(),
-        out: &mut tensors,
-    };
-    model.visit(&mut c);
+    let tensors: BTreeMap<String, (Vec<usize>, Vec<f32>, bool)> = walk_with(model, true)
+        .into_iter()
+        .map(|(name, shape, trainable, values)| (name, (shape, values, trainable)))
+        .collect();
     let inventory = inventory(model);
     let mut modules = BTreeMap::new();
     let mut replaced = BTreeMap::new();
@@ -338,17 +348,13 @@ pub fn export<M: Module>(model: &M, config: &LoraConfig) -> Result<Adapter> {
                 .is_some_and(|m| m.kind == ModuleKind::Embedding);
             modules.insert(
                 module.to_owned(),
-                LoraModule {
-                    a: transpose(values, rows, r),
-                    b: transpose(b_values, r, cols),
-                    r,
-                    a_cols: rows,
-                    b_rows: cols,
-                    scaling: config.scaling_for(module, r),
-                    magnitude: None,
-                    lora_bias: None,
+                LoraModule::new(
+                    transpose(values, rows, r),
+                    transpose(b_values, r, cols),
+                    [cols, r, rows],
+                    config.scaling_for(module, r),
                     embedding,
-                },
+                ),
             );
         } else if *trainable && shape.len() == 1 {
             replaced.insert(name.clone(), (shape.clone(), values.clone()));
@@ -365,27 +371,6 @@ pub fn export<M: Module>(model: &M, config: &LoraConfig) -> Result<Adapter> {
         modules,
         replaced,
     })
-}
-
-struct Collect<'a> {
-    path: Vec<String>,
-    out: &'a mut BTreeMap<String, (Vec<usize>, Vec<f32>, bool)>,
-}
-
-impl ModuleVisitor for Collect<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_owned());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-        let t = p.val();
-        let trainable = t.is_require_grad();
-        let shape = t.dims().to_vec();
-        self.out
-            .insert(self.path.join("."), (shape, to_vec(t), trainable));
-    }
 }
 
 /// Sets the factors of a model [`attach`] adapted to those of a PEFT adapter (to continue

@@ -321,6 +321,55 @@ impl TrainTask<BertForMaskedLm> for MlmTask {
     }
 }
 
+/// Shuffled epochs over `len` examples: a cursor counting examples handed out, each epoch in a
+/// permutation drawn from `(seed, epoch)` — so a checkpointed cursor resumes the same order.
+struct ShuffledEpochs {
+    len: usize,
+    seed: u64,
+    cursor: u64,
+    order: (u64, Vec<u32>),
+}
+
+impl ShuffledEpochs {
+    fn new(len: usize, seed: u64) -> Self {
+        Self {
+            len,
+            seed,
+            cursor: 0,
+            order: (0, kiln_data::packing::permutation(len, seed, 0)),
+        }
+    }
+
+    /// The next `k` example indices.
+    fn take(&mut self, k: usize) -> Vec<usize> {
+        let n = self.len as u64;
+        let mut idx = Vec::with_capacity(k);
+        for j in 0..k as u64 {
+            let at = self.cursor + j;
+            if self.order.0 != at / n {
+                self.order = (
+                    at / n,
+                    kiln_data::packing::permutation(self.len, self.seed, at / n),
+                );
+            }
+            idx.push(self.order.1[(at % n) as usize] as usize);
+        }
+        self.cursor += k as u64;
+        idx
+    }
+
+    fn state(&self) -> Value {
+        serde_json::json!({"cursor": self.cursor})
+    }
+
+    fn restore(&mut self, state: &Value) -> Result<()> {
+        self.cursor = state["cursor"].as_u64().ok_or_else(|| Error::Config {
+            message: "checkpointed data state has no cursor".into(),
+        })?;
+        Ok(())
+    }
+}
+
 /// One labelled sequence for classification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelledSequence {
@@ -337,10 +386,8 @@ pub struct ClassificationTask {
     eval: Vec<LabelledSequence>,
     batch_size: usize,
     pad_id: u32,
-    seed: u64,
     device: Device,
-    cursor: u64,
-    order: (u64, Vec<u32>),
+    epochs: ShuffledEpochs,
     checked: bool,
 }
 
@@ -360,16 +407,13 @@ impl ClassificationTask {
         if train.is_empty() || eval.is_empty() || batch_size == 0 {
             return Err(Error::Config { message: "classification task: the training and evaluation sets and the batch size must not be empty".into() });
         }
-        let order = (0, kiln_data::packing::permutation(train.len(), seed, 0));
         Ok(Self {
+            epochs: ShuffledEpochs::new(train.len(), seed),
             train,
             eval,
             batch_size,
             pad_id,
-            seed,
             device: device.clone(),
-            cursor: 0,
-            order,
             checked: false,
         })
     }
@@ -466,19 +510,7 @@ impl TrainTask<BertForSequenceClassification> for ClassificationTask {
         _: usize,
         _: usize,
     ) -> Result<(Vec<usize>, BatchSize)> {
-        let n = self.train.len() as u64;
-        let mut idx = Vec::with_capacity(self.batch_size);
-        for k in 0..self.batch_size as u64 {
-            let at = self.cursor + k;
-            if self.order.0 != at / n {
-                self.order = (
-                    at / n,
-                    kiln_data::packing::permutation(self.train.len(), self.seed, at / n),
-                );
-            }
-            idx.push(self.order.1[(at % n) as usize] as usize);
-        }
-        self.cursor += self.batch_size as u64;
+        let idx = self.epochs.take(self.batch_size);
         let tokens = idx.iter().map(|&i| self.train[i].ids.len() as u64).sum();
         Ok((
             idx,
@@ -559,14 +591,11 @@ impl TrainTask<BertForSequenceClassification> for ClassificationTask {
     }
 
     fn data_state(&self) -> Value {
-        serde_json::json!({"cursor": self.cursor})
+        self.epochs.state()
     }
 
     fn restore_data_state(&mut self, state: &Value) -> Result<()> {
-        self.cursor = state["cursor"].as_u64().ok_or_else(|| Error::Config {
-            message: "checkpointed data state has no cursor".into(),
-        })?;
-        Ok(())
+        self.epochs.restore(state)
     }
 }
 
@@ -578,10 +607,8 @@ pub struct CausalLmTask {
     train: Vec<Vec<u32>>,
     eval: Vec<Vec<u32>>,
     batch_size: usize,
-    seed: u64,
     device: Device,
-    cursor: u64,
-    order: (u64, Vec<u32>),
+    epochs: ShuffledEpochs,
     checked: bool,
 }
 
@@ -608,15 +635,12 @@ impl CausalLmTask {
                 ));
             }
         }
-        let order = (0, kiln_data::packing::permutation(train.len(), seed, 0));
         Ok(Self {
+            epochs: ShuffledEpochs::new(train.len(), seed),
             train,
             eval,
             batch_size,
-            seed,
             device: device.clone(),
-            cursor: 0,
-            order,
             checked: false,
         })
     }
@@ -686,19 +710,7 @@ impl TrainTask<Gpt2LmHead> for CausalLmTask {
         _: usize,
         _: usize,
     ) -> Result<(Vec<usize>, BatchSize)> {
-        let n = self.train.len() as u64;
-        let mut idx = Vec::with_capacity(self.batch_size);
-        for k in 0..self.batch_size as u64 {
-            let at = self.cursor + k;
-            if self.order.0 != at / n {
-                self.order = (
-                    at / n,
-                    kiln_data::packing::permutation(self.train.len(), self.seed, at / n),
-                );
-            }
-            idx.push(self.order.1[(at % n) as usize] as usize);
-        }
-        self.cursor += self.batch_size as u64;
+        let idx = self.epochs.take(self.batch_size);
         let tokens = idx.iter().map(|&i| self.train[i].len() as u64).sum();
         Ok((
             idx,
@@ -746,14 +758,11 @@ impl TrainTask<Gpt2LmHead> for CausalLmTask {
     }
 
     fn data_state(&self) -> Value {
-        serde_json::json!({"cursor": self.cursor})
+        self.epochs.state()
     }
 
     fn restore_data_state(&mut self, state: &Value) -> Result<()> {
-        self.cursor = state["cursor"].as_u64().ok_or_else(|| Error::Config {
-            message: "checkpointed data state has no cursor".into(),
-        })?;
-        Ok(())
+        self.epochs.restore(state)
     }
 }
 
