@@ -266,9 +266,28 @@ impl Adapter {
         force: bool,
         readme: &str,
     ) -> Result<PathBuf> {
-        let dir = AtomicDir::create(out.as_ref(), force)?;
+        let out = out.as_ref();
+        if !self.path.as_os_str().is_empty() {
+            // never onto, into or around the directory this adapter was read from
+            kiln_checkpoint::paths::check_output(
+                out,
+                &[("the adapter".to_owned(), self.path.clone())],
+            )?;
+        }
+        let dir = AtomicDir::create(out, force)?;
+        self.write_files(dir.path(), readme)?;
+        Ok(dir.commit()?)
+    }
+
+    /// Writes `adapter_model.safetensors`, `adapter_config.json` and (when `readme` is not
+    /// empty) `README.md` into `dir` — the staging directory of an [`AtomicDir`] the caller
+    /// commits.
+    ///
+    /// # Errors
+    /// I/O.
+    pub fn write_files(&self, dir: &Path, readme: &str) -> Result<()> {
         if !readme.is_empty() {
-            kiln_checkpoint::write_atomic(&dir.path().join("README.md"), readme.as_bytes())?;
+            kiln_checkpoint::write_atomic(&dir.join("README.md"), readme.as_bytes())?;
         }
         let mut tensors: Vec<(String, Vec<usize>, &[f32])> = Vec::new();
         for (name, m) in &self.modules {
@@ -317,9 +336,9 @@ impl Adapter {
             bytes.resize(start + values.len() * 4, 0);
             dtype::encode_f32(values, Dtype::F32, &mut bytes[start..])?;
         }
-        kiln_checkpoint::write_atomic(&dir.path().join(WEIGHTS_FILE), &bytes)?;
-        self.config.write(dir.path())?;
-        Ok(dir.commit()?)
+        kiln_checkpoint::write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
+        self.config.write(dir)?;
+        Ok(())
     }
 
     /// Number of LoRA parameters (factors, DoRA magnitudes, LoRA biases) plus replaced tensors:

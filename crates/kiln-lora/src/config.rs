@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
@@ -419,11 +419,6 @@ impl LoraConfig {
         let text = serde_json::to_string_pretty(&self.to_json()).expect("config serialises");
         kiln_checkpoint::write_atomic(&path, text.as_bytes())?;
         Ok(path)
-    }
-
-    /// A short description for messages and READMEs.
-    pub fn summary(&self) -> Value {
-        json!({"r": self.r, "lora_alpha": self.lora_alpha, "use_rslora": self.use_rslora, "use_dora": self.use_dora})
     }
 }
 

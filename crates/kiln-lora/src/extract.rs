@@ -78,7 +78,8 @@ pub struct ExtractReport {
 ///
 /// # Errors
 /// [`Error::Mismatch`] when the checkpoints do not pair up, [`Error::Invalid`] for
-/// `max_rank = 0` or when nothing changed, [`Error::Svd`], [`Error::Checkpoint`].
+/// `max_rank = 0` or when nothing changed, [`Error::Svd`], [`Error::Checkpoint`] (also for an
+/// existing `out` without `force`, and an `out` that is, lies inside or contains an input).
 pub fn extract(
     base: &Path,
     finetuned: &Path,
@@ -91,14 +92,16 @@ pub fn extract(
             "max rank 0: a LoRA rank must be at least 1".into(),
         ));
     }
-    if out.exists() && !options.force {
-        // before the SVDs, not after them
-        return Err(Error::Invalid(format!(
-            "{} already exists; choose another output directory or pass --force (force: true) to replace it",
-            out.display()
-        )));
-    }
+    kiln_checkpoint::paths::check_output(
+        out,
+        &[
+            ("the base model".to_owned(), base.to_owned()),
+            ("the fine-tuned model".to_owned(), finetuned.to_owned()),
+        ],
+    )?;
     let pair = Pair::open(base, finetuned)?;
+    // the output directory before the SVDs, so an existing one is refused before the work
+    let dir = kiln_checkpoint::AtomicDir::create(out, options.force)?;
     let mut report = ExtractReport::default();
     let mut modules = BTreeMap::new();
     let mut replaced = BTreeMap::new();
@@ -226,11 +229,8 @@ pub fn extract(
         modules,
         replaced,
     };
-    let written = adapter.save_with_readme(
-        out,
-        options.force,
-        &readme(base, finetuned, options, &report),
-    )?;
+    adapter.write_files(dir.path(), &readme(base, finetuned, options, &report))?;
+    let written = dir.commit()?;
     Ok((written, adapter, report))
 }
 

@@ -143,7 +143,7 @@ fn plan<'a>(ckpt: &Checkpoint, adapters: &[Weighted<'a>]) -> Result<Plan<'a>> {
 /// # Errors
 /// [`Error::Tensor`] when an adapter does not fit the base, [`Error::NonFinite`] under
 /// `safe_merge`, [`Error::Checkpoint`] for reading and writing (an existing `out` without
-/// `force`).
+/// `force`, an `out` that is, lies inside or contains the base or an adapter).
 pub fn merge_into_checkpoint(
     base: &Path,
     adapters: &[Weighted<'_>],
@@ -151,6 +151,14 @@ pub fn merge_into_checkpoint(
     options: MergeOptions,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<(PathBuf, MergeSummary)> {
+    let mut inputs = vec![("the base model".to_owned(), base.to_owned())];
+    inputs.extend(
+        adapters
+            .iter()
+            .filter(|(a, _)| !a.path.as_os_str().is_empty())
+            .map(|(a, _)| ("an adapter".to_owned(), a.path.clone())),
+    );
+    kiln_checkpoint::paths::check_output(out, &inputs)?;
     let ckpt = Checkpoint::open(base)?;
     let plan = plan(&ckpt, adapters)?;
     let mut specs = Vec::new();

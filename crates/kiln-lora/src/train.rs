@@ -74,7 +74,9 @@ fn walk_with<M: Module>(model: &M, values: bool) -> Vec<(String, Vec<usize>, boo
     w.out
 }
 
-fn walk<M: Module>(model: &M) -> Vec<(String, Vec<usize>, bool)> {
+/// Every float parameter of `model`: its path (LoRA factors as `….weight.lora.a` / `.b`), shape
+/// and whether it trains.
+pub fn parameters<M: Module>(model: &M) -> Vec<(String, Vec<usize>, bool)> {
     walk_with(model, false)
         .into_iter()
         .map(|(n, s, t, _)| (n, s, t))
@@ -84,7 +86,7 @@ fn walk<M: Module>(model: &M) -> Vec<(String, Vec<usize>, bool)> {
 /// The modules of a burn model as kiln-lora sees checkpoint modules: burn stores every linear
 /// weight `[in, out]` (like GPT-2's `Conv1D`), embeddings `[num_embeddings, dim]`.
 pub fn inventory<M: Module>(model: &M) -> Inventory {
-    let modules = walk(model)
+    let modules = parameters(model)
         .into_iter()
         .filter(|(name, shape, _)| {
             shape.len() == 2 && name.ends_with(".weight") && !name.contains(".lora.")
@@ -288,7 +290,7 @@ pub fn attach<M: Module>(model: M, config: &LoraConfig, seed: u64) -> Result<(M,
             },
         );
     }
-    let trainable_biases: Vec<String> = walk(&model)
+    let trainable_biases: Vec<String> = parameters(&model)
         .into_iter()
         .filter(|(name, shape, _)| shape.len() == 1 && name.ends_with(".bias"))
         .map(|(name, _, _)| name)
@@ -314,7 +316,7 @@ pub fn attach<M: Module>(model: M, config: &LoraConfig, seed: u64) -> Result<(M,
     if let Some(e) = reparam.error {
         return Err(e);
     }
-    let params = walk(&model);
+    let params = parameters(&model);
     let count = |shape: &Vec<usize>| shape.iter().product::<usize>();
     let report = AttachReport {
         modules,
@@ -396,7 +398,7 @@ pub fn load_factors<M: Module>(model: M, adapter: &Adapter) -> Result<M> {
             values.insert(name.clone(), (v.clone(), [shape[0], 1]));
         }
     }
-    let present: Vec<String> = walk(&model).into_iter().map(|p| p.0).collect();
+    let present: Vec<String> = parameters(&model).into_iter().map(|p| p.0).collect();
     if let Some(missing) = values.keys().find(|k| !present.contains(k)) {
         return Err(Error::Tensor {
             adapter: adapter.path.clone(),

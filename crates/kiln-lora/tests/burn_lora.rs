@@ -6,30 +6,12 @@
 
 #![cfg(feature = "models")]
 
+use kiln_lora::train::parameters;
 use kiln_models::LoadOptions;
-use kiln_models::burn::module::{Lora, Module, ModuleVisitor, Param, ParamGroup};
+use kiln_models::burn::module::{Lora, Module, ParamGroup};
 use kiln_models::burn::prelude::*;
 use kiln_models::burn::tensor::TensorData;
 use kiln_models::gpt2::Gpt2LmHead;
-
-struct Names {
-    path: Vec<String>,
-    out: Vec<(String, Vec<usize>, bool)>,
-}
-
-impl ModuleVisitor for Names {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_owned());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-        let t = p.val();
-        self.out
-            .push((self.path.join("."), t.dims().to_vec(), t.is_require_grad()));
-    }
-}
 
 #[test]
 fn burn_lora_attaches_to_kiln_gpt2_by_hugging_face_names() {
@@ -51,13 +33,7 @@ fn burn_lora_attaches_to_kiln_gpt2_by_hugging_face_names() {
     ];
     let model = model
         .apply_lora(Lora::new(4, 8.0).set_param_group(ParamGroup::from_paths(targets.to_vec())));
-    let mut names = Names {
-        path: Vec::new(),
-        out: Vec::new(),
-    };
-    model.visit(&mut names);
-    let trainable: Vec<(String, Vec<usize>)> = names
-        .out
+    let trainable: Vec<(String, Vec<usize>)> = parameters(&model)
         .iter()
         .filter(|(_, _, grad)| *grad)
         .map(|(n, s, _)| (n.clone(), s.clone()))
@@ -257,14 +233,8 @@ fn optimizer_bytes(run: &std::path::Path) -> u64 {
 }
 
 fn base_weight(model: &Gpt2LmHead) -> Vec<f32> {
-    let mut names = Names {
-        path: Vec::new(),
-        out: Vec::new(),
-    };
-    model.visit(&mut names);
     assert!(
-        names
-            .out
+        parameters(model)
             .iter()
             .any(|(n, _, _)| n == "transformer.h.0.attn.c_attn.weight")
     );

@@ -358,6 +358,15 @@ impl ShuffledEpochs {
         idx
     }
 
+    /// Sizes for duration resolution at `batch` examples per step.
+    fn data_size(&self, batch: usize) -> DataSize {
+        DataSize {
+            steps_per_epoch: Some(self.len.div_ceil(batch) as u64),
+            samples_per_step: Some(batch as u64),
+            tokens_per_step: None,
+        }
+    }
+
     fn state(&self) -> Value {
         serde_json::json!({"cursor": self.cursor})
     }
@@ -497,11 +506,7 @@ impl TrainTask<BertForSequenceClassification> for ClassificationTask {
     type Batch = Vec<usize>;
 
     fn data_size(&self) -> DataSize {
-        DataSize {
-            steps_per_epoch: Some(self.train.len().div_ceil(self.batch_size) as u64),
-            samples_per_step: Some(self.batch_size as u64),
-            tokens_per_step: None,
-        }
+        self.epochs.data_size(self.batch_size)
     }
 
     fn next_batch(
@@ -697,11 +702,7 @@ impl TrainTask<Gpt2LmHead> for CausalLmTask {
     type Batch = Vec<usize>;
 
     fn data_size(&self) -> DataSize {
-        DataSize {
-            steps_per_epoch: Some(self.train.len().div_ceil(self.batch_size) as u64),
-            samples_per_step: Some(self.batch_size as u64),
-            tokens_per_step: None,
-        }
+        self.epochs.data_size(self.batch_size)
     }
 
     fn next_batch(
