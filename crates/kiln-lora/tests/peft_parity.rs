@@ -712,16 +712,38 @@ fn library_outputs_never_land_on_or_inside_their_inputs() {
     let adapter_dir = copy("adapters/gpt2_plain", "adapter");
     let adapter = Adapter::load(&adapter_dir).unwrap();
     let before = tensors(&base.join("model.safetensors"));
-    for out in [base.clone(), base.join("merged"), adapter_dir.join("merged")] {
-        let options = MergeOptions { force: true, ..MergeOptions::default() };
-        let e = merge_into_checkpoint(&base, &[(&adapter, 1.0)], &out, options, &mut |_, _, _| {}).unwrap_err();
-        assert!(matches!(e, kiln_lora::Error::Checkpoint(_)), "{}: {e}", out.display());
+    for out in [
+        base.clone(),
+        base.join("merged"),
+        adapter_dir.join("merged"),
+    ] {
+        let options = MergeOptions {
+            force: true,
+            ..MergeOptions::default()
+        };
+        let e = merge_into_checkpoint(&base, &[(&adapter, 1.0)], &out, options, &mut |_, _, _| {})
+            .unwrap_err();
+        assert!(
+            matches!(e, kiln_lora::Error::Checkpoint(_)),
+            "{}: {e}",
+            out.display()
+        );
     }
     for out in [ft.clone(), base.join("x")] {
-        let options = ExtractOptions { force: true, ..Default::default() };
-        assert!(extract(&base, &ft, &out, &options, &mut |_, _, _| {}).is_err(), "{}", out.display());
+        let options = ExtractOptions {
+            force: true,
+            ..Default::default()
+        };
+        assert!(
+            extract(&base, &ft, &out, &options, &mut |_, _, _| {}).is_err(),
+            "{}",
+            out.display()
+        );
     }
-    assert!(adapter.save(&adapter_dir, true).is_err(), "an adapter is not saved over its own source");
+    assert!(
+        adapter.save(&adapter_dir, true).is_err(),
+        "an adapter is not saved over its own source"
+    );
     assert_eq!(tensors(&base.join("model.safetensors")), before);
     assert!(!base.join("merged").exists() && !base.join("x").exists());
 }
