@@ -611,6 +611,8 @@ impl TrainTask<BertForSequenceClassification> for ClassificationTask {
 pub struct CausalLmTask {
     train: Vec<Vec<u32>>,
     eval: Vec<Vec<u32>>,
+    /// Further named evaluation sets (`{name}_loss`, `{name}_perplexity`).
+    extra_eval: Vec<(String, Vec<Vec<u32>>)>,
     batch_size: usize,
     device: Device,
     epochs: ShuffledEpochs,
@@ -644,10 +646,57 @@ impl CausalLmTask {
             epochs: ShuffledEpochs::new(train.len(), seed),
             train,
             eval,
+            extra_eval: Vec::new(),
             batch_size,
             device: device.clone(),
             checked: false,
         })
+    }
+
+    /// Adds a named evaluation set, evaluated beside the main one and reported as
+    /// `{name}_loss` and `{name}_perplexity`: the source domain's loss while fine-tuning on a
+    /// target domain (what a fine-tune "forgets"), a second held-out domain…
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty set, a sequence of fewer than 2 tokens, a name that is empty,
+    /// not `[A-Za-z0-9_]`, or already used.
+    pub fn with_eval_set(mut self, name: &str, seqs: Vec<Vec<u32>>) -> Result<Self> {
+        let bad = |message: String| Err(Error::Config { message });
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return bad(format!(
+                "causal LM task: evaluation set name `{name}` must be non-empty letters, digits or `_` (it prefixes metric names)"
+            ));
+        }
+        if self.extra_eval.iter().any(|(n, _)| n == name) {
+            return bad(format!(
+                "causal LM task: evaluation set `{name}` was added twice"
+            ));
+        }
+        if seqs.is_empty() {
+            return bad(format!("causal LM task: evaluation set `{name}` is empty"));
+        }
+        if let Some(i) = seqs.iter().position(|s| s.len() < 2) {
+            return bad(format!(
+                "causal LM task: evaluation set `{name}`, sequence {i} has fewer than 2 tokens (nothing to predict)"
+            ));
+        }
+        self.extra_eval.push((name.to_owned(), seqs));
+        self.checked = false;
+        Ok(self)
+    }
+
+    /// The mean next-token cross-entropy per predicted token over `seqs`, in nats.
+    fn eval_loss(&self, valid: &Gpt2LmHead, seqs: &[Vec<u32>], device: &Device) -> f64 {
+        let (mut sum, mut count) = (0.0f64, 0.0f64);
+        for chunk in seqs.chunks(self.batch_size) {
+            let rows: Vec<&Vec<u32>> = chunk.iter().collect();
+            let (ids, mask) = Self::pad(&rows, device);
+            let targets: f64 = rows.iter().map(|r| (r.len() - 1) as f64).sum();
+            let loss = valid.loss(ids, Some(mask)).into_scalar::<f32>() as f64;
+            sum += loss * targets;
+            count += targets;
+        }
+        sum / count
     }
 
     /// Token ids below `vocab_size`, lengths within `n_positions`: checked once, naming the
@@ -657,7 +706,15 @@ impl CausalLmTask {
             return Ok(());
         }
         let c = &model.transformer.config;
-        for (set, seqs) in [("training", &self.train), ("evaluation", &self.eval)] {
+        let sets = [("training", &self.train), ("evaluation", &self.eval)]
+            .into_iter()
+            .map(|(n, s)| (n.to_owned(), s))
+            .chain(
+                self.extra_eval
+                    .iter()
+                    .map(|(n, s)| (format!("evaluation set `{n}`"), s)),
+            );
+        for (set, seqs) in sets {
             for (i, s) in seqs.iter().enumerate() {
                 if let Some(&t) = s.iter().find(|&&t| t as usize >= c.vocab_size) {
                     return Err(Error::Config {
@@ -737,25 +794,23 @@ impl TrainTask<Gpt2LmHead> for CausalLmTask {
             .with_example_ids(idx.iter().map(|&i| i as u64).collect()))
     }
 
-    /// `loss` (mean next-token cross-entropy per predicted token, in nats) and `perplexity`.
+    /// `loss` (mean next-token cross-entropy per predicted token, in nats) and `perplexity`,
+    /// and `{name}_loss`, `{name}_perplexity` for each [`with_eval_set`](Self::with_eval_set).
     fn evaluate(&mut self, model: &Gpt2LmHead, _: &TrainState) -> Result<BTreeMap<String, f64>> {
         self.check(model)?;
         let valid = model.valid();
         let device = self.device.clone().inner();
-        let (mut sum, mut count) = (0.0f64, 0.0f64);
-        for chunk in self.eval.chunks(self.batch_size) {
-            let rows: Vec<&Vec<u32>> = chunk.iter().collect();
-            let (ids, mask) = Self::pad(&rows, &device);
-            let targets: f64 = rows.iter().map(|r| (r.len() - 1) as f64).sum();
-            let loss = valid.loss(ids, Some(mask)).into_scalar::<f32>() as f64;
-            sum += loss * targets;
-            count += targets;
-        }
-        let loss = sum / count;
-        Ok(BTreeMap::from([
+        let loss = self.eval_loss(&valid, &self.eval, &device);
+        let mut out = BTreeMap::from([
             ("loss".to_owned(), loss),
             ("perplexity".to_owned(), loss.exp()),
-        ]))
+        ]);
+        for (name, seqs) in &self.extra_eval {
+            let loss = self.eval_loss(&valid, seqs, &device);
+            out.insert(format!("{name}_loss"), loss);
+            out.insert(format!("{name}_perplexity"), loss.exp());
+        }
+        Ok(out)
     }
 
     fn data_state(&self) -> Value {

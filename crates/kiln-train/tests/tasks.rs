@@ -89,3 +89,74 @@ fn causal_lm_task_refuses_data_that_does_not_fit_gpt2() {
     let e = fit(vec![vec![1]]).unwrap_err();
     assert!(e.contains("fewer than 2 tokens"), "{e}");
 }
+
+#[test]
+fn causal_lm_task_reports_named_evaluation_sets() {
+    use kiln_models::gpt2::{Gpt2Config, Gpt2LmHead};
+    use kiln_train::TrainState;
+    use kiln_train::TrainTask;
+    use kiln_train::tasks::CausalLmTask;
+    let device = Device::flex().autodiff();
+    let config = Gpt2Config::tiny();
+    device.seed(3);
+    let model = Gpt2LmHead::init(&config, &device).unwrap();
+    let main = vec![vec![1, 2, 3, 4], vec![5, 6, 7]];
+    let other = vec![vec![9, 8, 7, 6, 5], vec![4, 3]];
+    let task = |extra: Vec<Vec<u32>>| {
+        CausalLmTask::new(vec![vec![1, 2]], main.clone(), 2, 0, &device)
+            .unwrap()
+            .with_eval_set("source", extra)
+    };
+    // The same sequences give the main set's loss; other sequences another one.
+    let same = task(main.clone())
+        .unwrap()
+        .evaluate(&model, &TrainState::default())
+        .unwrap();
+    assert_eq!(same["source_loss"], same["loss"]);
+    assert!((same["source_perplexity"] - same["loss"].exp()).abs() < 1e-9);
+    let m = task(other.clone())
+        .unwrap()
+        .evaluate(&model, &TrainState::default())
+        .unwrap();
+    assert_eq!(m["loss"], same["loss"]);
+    assert!((m["source_loss"] - m["loss"]).abs() > 1e-6, "{m:?}");
+    // … equal to the main loss of a task evaluating those sequences.
+    let direct = CausalLmTask::new(vec![vec![1, 2]], other, 2, 0, &device)
+        .unwrap()
+        .evaluate(&model, &TrainState::default())
+        .unwrap();
+    assert_eq!(m["source_loss"], direct["loss"]);
+    // Bad sets are refused by name.
+    for (name, seqs, want) in [
+        ("", vec![vec![1, 2]], "must be non-empty"),
+        ("a-b", vec![vec![1, 2]], "must be non-empty"),
+        ("x", vec![], "`x` is empty"),
+        (
+            "x",
+            vec![vec![1, 2], vec![3]],
+            "sequence 1 has fewer than 2",
+        ),
+    ] {
+        let e = CausalLmTask::new(vec![vec![1, 2]], main.clone(), 2, 0, &device)
+            .unwrap()
+            .with_eval_set(name, seqs)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    let e = task(main.clone())
+        .unwrap()
+        .with_eval_set("source", main.clone())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("added twice"), "{e}");
+    // Token ids of an extra set are checked against the model too.
+    let mut t = task(vec![vec![1, config.vocab_size as u32]]).unwrap();
+    let e = t
+        .evaluate(&model, &TrainState::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("evaluation set `source` sequence 0"), "{e}");
+}
