@@ -74,6 +74,8 @@ mod extract;
 pub mod init;
 mod intruders;
 pub mod linalg;
+#[cfg(feature = "models")]
+pub mod live;
 mod merge;
 mod pairs;
 mod spectrum;

@@ -64,7 +64,10 @@ impl ModuleVisitor for Walk {
 }
 
 /// Paths, shapes and trainable flags (`values`: with the values too).
-fn walk_with<M: Module>(model: &M, values: bool) -> Vec<(String, Vec<usize>, bool, Vec<f32>)> {
+pub(crate) fn walk_with<M: Module>(
+    model: &M,
+    values: bool,
+) -> Vec<(String, Vec<usize>, bool, Vec<f32>)> {
     let mut w = Walk {
         path: Vec::new(),
         values,
@@ -398,10 +401,23 @@ pub fn load_factors<M: Module>(model: M, adapter: &Adapter) -> Result<M> {
             values.insert(name.clone(), (v.clone(), [shape[0], 1]));
         }
     }
+    set_values(model, values, &adapter.path)
+}
+
+/// Replaces the values of named parameters (flattened, with the element count `shape[0] ·
+/// shape[1]`), keeping their trainable flags.
+///
+/// # Errors
+/// [`Error::Tensor`] (naming `source`) for a name the model lacks or a count that differs.
+pub(crate) fn set_values<M: Module>(
+    model: M,
+    values: BTreeMap<String, (Vec<f32>, [usize; 2])>,
+    source: &std::path::Path,
+) -> Result<M> {
     let present: Vec<String> = parameters(&model).into_iter().map(|p| p.0).collect();
     if let Some(missing) = values.keys().find(|k| !present.contains(k)) {
         return Err(Error::Tensor {
-            adapter: adapter.path.clone(),
+            adapter: source.to_owned(),
             tensor: missing.clone(),
             message: "the model has no such adapter factor; attach the adapter's config first"
                 .into(),
@@ -411,7 +427,7 @@ pub fn load_factors<M: Module>(model: M, adapter: &Adapter) -> Result<M> {
         path: Vec::new(),
         values,
         error: None,
-        adapter: adapter.path.clone(),
+        adapter: source.to_owned(),
     };
     let model = model.map(&mut set);
     match set.error {

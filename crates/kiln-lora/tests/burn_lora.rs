@@ -339,3 +339,163 @@ fn lora_fine_tuning_through_kiln_train_keeps_the_base_and_optimizer_state_small(
         "merged vs trained",
     );
 }
+
+#[test]
+fn named_adapters_on_one_live_model() {
+    use kiln_lora::live::LoraModel;
+    use kiln_lora::{Adapter, LoraConfig, MergeOptions, Modules, merge_into_checkpoint};
+    use kiln_train::tasks::CausalLmTask;
+    use kiln_train::{OptimizerConfig, Trainer, TrainerConfig};
+    let device = Device::flex().autodiff();
+    let load = || {
+        Gpt2LmHead::load(
+            fixtures().join("models/gpt2"),
+            &device,
+            LoadOptions::default(),
+        )
+        .unwrap()
+    };
+    let base = load();
+    let original = base_weight(&base);
+    let (rows, _, _) = reference("gpt2_plain");
+    let base_logits = logits(&base, &rows);
+    let mut m = LoraModel::new(base);
+    let plain = Adapter::load(fixtures().join("adapters/gpt2_plain")).unwrap();
+    let patterns = Adapter::load(fixtures().join("adapters/gpt2_patterns")).unwrap();
+    m.load_adapter("plain", plain.clone()).unwrap();
+    assert_eq!(
+        m.active_adapters(),
+        vec![("plain".to_owned(), 1.0)],
+        "the first adapter becomes active"
+    );
+    m.load_adapter("patterns", patterns.clone()).unwrap();
+    assert_eq!(m.names(), ["patterns", "plain"]);
+    // each active adapter computes PEFT's logits
+    for (name, fixture) in [("patterns", "gpt2_patterns"), ("plain", "gpt2_plain")] {
+        m.set_adapter(name).unwrap();
+        let (rows, want, _) = reference(fixture);
+        close(&logits(m.model(), &rows), &want, name);
+    }
+    // disabled: exactly the base
+    m.disable_adapters();
+    assert_eq!(logits(m.model(), &rows), base_logits);
+    assert!(
+        m.active_model()
+            .unwrap_err()
+            .to_string()
+            .contains("disabled")
+    );
+    m.enable_adapters();
+    assert_ne!(logits(m.model(), &rows), base_logits);
+
+    // a weighted set = both merged into the checkpoint with those weights; it does not train
+    m.set_adapters(&[("plain", 0.7), ("patterns", 0.3)])
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let merged_dir = merge_into_checkpoint(
+        &fixtures().join("models/gpt2"),
+        &[(&plain, 0.7), (&patterns, 0.3)],
+        &tmp.path().join("merged"),
+        MergeOptions::default(),
+        &mut |_, _, _| {},
+    )
+    .unwrap()
+    .0;
+    let files = Gpt2LmHead::load(&merged_dir, &Device::flex(), LoadOptions::default()).unwrap();
+    close(
+        &logits(m.model(), &rows),
+        &logits(&files, &rows),
+        "weighted set vs merged files",
+    );
+    assert_eq!(m.parameter_counts().0, 0, "a weighted set is frozen");
+    let e = m.update(m.active_model().unwrap()).unwrap_err().to_string();
+    assert!(e.contains("weighted set"), "{e}");
+
+    // train a fresh adapter; its progress survives switching away and back
+    let config = LoraConfig::new(4, 8.0, Modules::Pattern("all-linear".into()));
+    let report = m.add_adapter("fresh", &config, 5).unwrap();
+    assert!(report.trainable > 0);
+    assert_eq!(m.active_adapters().len(), 2, "adding does not activate");
+    m.set_adapter("fresh").unwrap();
+    assert_eq!(
+        logits(m.model(), &rows),
+        base_logits,
+        "a fresh adapter (B = 0) changes nothing"
+    );
+    let mut task = CausalLmTask::new(
+        sequences(16, 12, 61, 0),
+        sequences(4, 12, 61, 3),
+        8,
+        0,
+        &device,
+    )
+    .unwrap();
+    let mut tc = TrainerConfig::new("6ba".parse().unwrap(), OptimizerConfig::adamw(1e-2, 0.0));
+    tc.progress_bar = false;
+    let out = Trainer::new(tc, tmp.path().join("run"))
+        .fit(m.active_model().unwrap(), &mut task, &mut [], &device)
+        .unwrap();
+    let trained = logits(&out.model, &rows);
+    m.update(out.model).unwrap();
+    assert!(
+        m.adapter("fresh")
+            .unwrap()
+            .modules
+            .values()
+            .any(|x| x.b.iter().any(|v| *v != 0.0)),
+        "the trained factors are the adapter's"
+    );
+    m.set_adapter("plain").unwrap();
+    m.set_adapter("fresh").unwrap();
+    close(&logits(m.model(), &rows), &trained, "after switching back");
+
+    // merge / unmerge: merged = the adapter's forward; unmerged base bit-identical
+    m.merge_adapter(true).unwrap();
+    assert!(m.is_merged());
+    assert!(
+        !parameters(m.model()).iter().any(|p| p.0.contains(".lora.")),
+        "merged: a plain model"
+    );
+    close(&logits(m.model(), &rows), &trained, "merged");
+    for e in [
+        m.set_adapter("plain").unwrap_err(),
+        m.merge_adapter(true).unwrap_err(),
+        m.delete_adapter("plain").unwrap_err(),
+    ] {
+        assert!(e.to_string().contains("unmerge_adapter"), "{e}");
+    }
+    m.unmerge_adapter().unwrap();
+    assert!(m.unmerge_adapter().is_err());
+    close(&logits(m.model(), &rows), &trained, "unmerged");
+    assert_eq!(base_weight(m.base()), original, "the base never moves");
+
+    // delete: not the active one; unknown names list the adapters
+    let e = m.delete_adapter("fresh").unwrap_err().to_string();
+    assert!(e.contains("is active"), "{e}");
+    m.delete_adapter("patterns").unwrap();
+    let e = m.set_adapter("patterns").unwrap_err().to_string();
+    assert!(
+        e.contains("no adapter named `patterns`") && e.contains("fresh, plain"),
+        "{e}"
+    );
+    let e = m.add_adapter("plain", &config, 0).unwrap_err().to_string();
+    assert!(e.contains("exists already"), "{e}");
+    // an adapter for other modules is refused by name
+    let bert = Adapter::load(fixtures().join("adapters/bert_plain")).unwrap();
+    assert!(m.load_adapter("bert", bert).is_err());
+
+    // safe_merge refuses NaN; merge_and_unload gives the plain merged model
+    let mut broken = plain.clone();
+    broken.modules.values_mut().next().unwrap().b[0] = f32::NAN;
+    m.load_adapter("broken", broken).unwrap();
+    m.set_adapter("broken").unwrap();
+    let e = m.merge_adapter(true).unwrap_err().to_string();
+    assert!(
+        e.contains("non-finite") && e.contains("transformer.h."),
+        "{e}"
+    );
+    assert!(!m.is_merged());
+    m.set_adapter("fresh").unwrap();
+    let plain_model = m.merge_and_unload(true).unwrap();
+    close(&logits(&plain_model, &rows), &trained, "merge_and_unload");
+}
