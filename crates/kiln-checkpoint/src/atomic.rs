@@ -92,6 +92,28 @@ fn unregister(id: u64) {
     active().retain(|a| a.id != id);
 }
 
+/// A scratch path registered with [`register_scratch`]; dropping it unregisters the path (its
+/// owner removes it, e.g. a `tempfile::TempDir` dropped after this guard).
+#[derive(Debug)]
+#[must_use = "the path is unregistered when the guard is dropped"]
+pub struct ScratchGuard {
+    id: u64,
+}
+
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        unregister(self.id);
+    }
+}
+
+/// Registers a temporary path a command removes when it ends (a scratch copy of a model) so that
+/// [`interrupt_cleanup`] removes it too when the run is interrupted.
+pub fn register_scratch(path: &Path) -> ScratchGuard {
+    ScratchGuard {
+        id: register(path, path),
+    }
+}
+
 fn remove_any(path: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),

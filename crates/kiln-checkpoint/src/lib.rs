@@ -62,7 +62,8 @@ pub mod size;
 mod writer;
 
 pub use atomic::{
-    AtomicDir, Recovered, STALE_AFTER, TEST_PAUSE_VAR, interrupt_cleanup, recover, write_atomic,
+    AtomicDir, Recovered, STALE_AFTER, ScratchGuard, TEST_PAUSE_VAR, interrupt_cleanup, recover,
+    register_scratch, write_atomic,
 };
 pub use checkpoint::{CONFIG_FILE, Checkpoint, INDEX_FILE, SINGLE_FILE};
 pub use config::HfConfig;

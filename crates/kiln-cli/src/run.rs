@@ -171,11 +171,14 @@ fn logits(args: LogitsArgs) -> Result<(), CliError> {
                 path: std::env::temp_dir(),
                 source,
             })?;
+        // An interrupted run removes the scratch copy too (the handler's interrupt_cleanup);
+        // the guard is dropped before `tmp`, which removes it at the end.
+        let guard = kiln_checkpoint::register_scratch(tmp.path());
         let out = tmp.path().join("merged");
         crate::lora::merge_with_progress(dir, &adapters, &weights, &out, Default::default())?;
-        Some((tmp, out))
+        Some((guard, tmp, out))
     };
-    let load_dir = merged.as_ref().map_or(dir, |(_, p)| p);
+    let load_dir = merged.as_ref().map_or(dir, |(_, _, p)| p);
     let batch = TokenBatch {
         input_ids: parse_rows(&args.input_ids, "--input-ids")?,
         token_type_ids: args

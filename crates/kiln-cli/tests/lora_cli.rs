@@ -416,3 +416,60 @@ fn lora_reduce_intruders_writes_the_mitigated_adapter() {
     ]));
     assert!(e.contains("lambda"), "{e}");
 }
+
+/// Review finding: `run logits --adapter` merges into a scratch copy under the system temp
+/// directory; Ctrl-C left that copy behind. Interrupted in the middle of the merge, the process
+/// now removes it before it exits.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_run_with_an_adapter_leaves_no_scratch_copy() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let f = fixtures();
+    let scratch = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for signal in ["INT", "TERM"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "run",
+                "logits",
+                "--model",
+                s(&f.join("models/gpt2")),
+                "--adapter",
+                s(&f.join("adapters/gpt2_plain")),
+                "--input-ids",
+                "1,2,3",
+                "--output",
+                s(&out.path().join("logits.safetensors")),
+            ])
+            .env("TMPDIR", scratch.path())
+            .env(kiln_checkpoint::TEST_PAUSE_VAR, "atomic-staged")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let paused = stderr
+            .lines()
+            .any(|l| l.unwrap().contains("paused at atomic-staged"));
+        assert!(paused, "the merge into the scratch copy pauses");
+        assert_eq!(
+            std::fs::read_dir(scratch.path()).unwrap().count(),
+            1,
+            "the scratch copy exists while merging"
+        );
+        let killed = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        assert_eq!(child.wait().unwrap().code(), Some(130), "{signal}");
+        let left: Vec<_> = std::fs::read_dir(scratch.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "{signal}: left behind {left:?}");
+        assert!(!out.path().join("logits.safetensors").exists());
+    }
+}
