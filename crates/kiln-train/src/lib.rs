@@ -79,6 +79,7 @@
 
 #![warn(missing_docs)]
 
+pub mod algorithms;
 pub mod checkpoint;
 mod error;
 pub mod optim;

@@ -24,6 +24,8 @@ use burn::tensor::Tensor;
 
 struct Collect {
     path: Vec<String>,
+    /// Only parameters that require a gradient.
+    trainable_only: bool,
     out: Vec<(String, Tensor<1>)>,
 }
 
@@ -38,6 +40,10 @@ impl ModuleVisitor for Collect {
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let t = param.val();
+        // (asked before the reshape: a reshaped leaf is no longer one)
+        if self.trainable_only && !t.is_require_grad() {
+            return;
+        }
         let n = t.dims().iter().product::<usize>();
         self.out.push((self.path.join("."), t.reshape([n])));
     }
@@ -47,6 +53,20 @@ impl ModuleVisitor for Collect {
 pub fn float_params<M: Module>(module: &M) -> Vec<(String, Tensor<1>)> {
     let mut c = Collect {
         path: Vec::new(),
+        trainable_only: false,
+        out: Vec::new(),
+    };
+    module.visit(&mut c);
+    c.out
+}
+
+/// The float parameters of `module` that require a gradient (what an optimiser updates),
+/// flattened, with their paths, in the module's order. The tensors are in the autodiff graph
+/// (a penalty on them has a gradient); detach them to keep a copy.
+pub fn trainable_params<M: Module>(module: &M) -> Vec<(String, Tensor<1>)> {
+    let mut c = Collect {
+        path: Vec::new(),
+        trainable_only: true,
         out: Vec::new(),
     };
     module.visit(&mut c);

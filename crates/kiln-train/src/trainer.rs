@@ -508,6 +508,10 @@ impl Trainer {
             };
         }
         let mut scratch = BTreeMap::new();
+        // burn initialises parameters lazily, at their first read, from the device's generator:
+        // an algorithm that reads the weights at FitStart (an SFA or L2 anchor) materialises them
+        // here, so seed first — the same values in every run, as the first step's forward gets.
+        device.seed(step_seed(c.seed, state.step));
         emit!(Event::FitStart, scratch)?;
         let bar = Progress::new(total, state.step, c.progress_bar);
         let started = Instant::now();

@@ -21,6 +21,7 @@ use kiln_data::shards::{TokenShard, write_shard};
 use kiln_data::tokenizer::{Tokenizer, TokenizerKind};
 use kiln_models::bert::{BertConfig, BertForMaskedLm};
 use kiln_schedules::{DataMix, Duration, LrSchedule, MaskingSchedule};
+use kiln_train::algorithms::{L2Anchor, PenaltyScale, Sfa, SfaAnchor};
 use kiln_train::burn::tensor::{Device, Tensor};
 use kiln_train::params::{float_params, map_float_params};
 use kiln_train::tasks::{MlmTask, MlmTaskConfig};
@@ -199,8 +200,13 @@ fn child(run_dir: &Path, data: &Path, slow_ms: u64) {
     trainer.keep_last_n = 3;
     trainer.seed = 5;
     trainer.progress_bar = false;
-    let mut algorithms: Vec<Box<dyn Algorithm<BertForMaskedLm>>> =
-        vec![Box::new(Slow(slow_ms)), Box::new(Pull::default())];
+    let mut algorithms: Vec<Box<dyn Algorithm<BertForMaskedLm>>> = vec![
+        Box::new(Slow(slow_ms)),
+        Box::new(Pull::default()),
+        // kiln's own: anchors restored from algorithms.safetensors, merge counter from state.json
+        Box::new(Sfa::new(0.3, 0.2, SfaAnchor::PrevTaskEnd).unwrap()),
+        Box::new(L2Anchor::new(0.05, PenaltyScale::Half).unwrap()),
+    ];
     let out = Trainer::new(trainer, run_dir)
         .fit(model, &mut task, &mut algorithms, &device)
         .unwrap();
@@ -395,7 +401,12 @@ fn main() {
     // The algorithm's tensors were checkpointed with the rest...
     let states =
         Checkpoint::open(killed.join("checkpoints/step-000000016/algorithms.safetensors")).unwrap();
-    assert!(states.names().any(|n| n.starts_with("pull/")));
+    for algorithm in ["pull/", "sfa/anchor.", "l2_anchor/anchor."] {
+        assert!(
+            states.names().any(|n| n.starts_with(algorithm)),
+            "{algorithm} tensors checkpointed"
+        );
+    }
     // ... and the final weights are bit for bit the uninterrupted run's.
     let (a, b) = (
         Checkpoint::open(reference.join("final")).unwrap(),

@@ -1,0 +1,364 @@
+//! Training-time merging and anchoring for continual learning, as burn tensor ops on the
+//! training device (nothing is copied to the host but checkpoints):
+//!
+//! - [`Sfa`]: Sequential Fine-tuning with Averaging (Kleiman, Dziugaite, Frankle, Kakade, Paul;
+//!   "Soup to go", arXiv 2501.05559): every ⌈p·T⌉ steps of a task of T steps, and at its last
+//!   step, θ ← β·θ_o + (1 − β)·θ, where θ_o is the model at the start of the task (the previous
+//!   task's end) or, with [`SfaAnchor::LastMerge`], the model after the last merge.
+//! - [`L2Anchor`]: the penalty `c·λ·Σ(θ − θ_o)²` pulling every trainable parameter towards the
+//!   model at the start of the task (c = ½ or 1, [`PenaltyScale`]); SFA is its periodic, larger-
+//!   step form (averaging every step with β = ηλ is one SGD step on it, to first order in η).
+//!
+//! Both keep one copy of the trainable weights (the anchor) on the device, nothing per step, and
+//! checkpoint it (`algorithms.safetensors`), so a resumed run continues bit for bit.
+//!
+//! ```
+//! use kiln_train::algorithms::{L2Anchor, PenaltyScale, Sfa, SfaAnchor};
+//! use kiln_train::{Algorithm, Trainer};
+//! # use kiln_train::burn::nn::Linear;
+//!
+//! // θ ← 0.25·θ_o + 0.75·θ every 10% of the task and at its end
+//! let sfa = Sfa::new(0.25, 0.1, SfaAnchor::PrevTaskEnd)?;
+//! let l2 = L2Anchor::new(1e-3, PenaltyScale::Half)?;
+//! let algorithms: Vec<Box<dyn Algorithm<Linear>>> = vec![Box::new(sfa), Box::new(l2)];
+//! // Trainer::new(config, run_dir).fit(model, &mut task, &mut algorithms, &device)?
+//! # let _ = algorithms;
+//! # Ok::<(), kiln_train::Error>(())
+//! ```
+//!
+//! **Task sequences.** Use one algorithm object for the whole sequence and call
+//! [`Trainer::fit`](crate::Trainer::fit) once per task: at each fit's start (not a resume) the
+//! anchor becomes the model as it is then — the previous task's result.
+//!
+//! **What is averaged.** Trainable parameters only (`require_grad`): frozen ones and buffers do
+//! not move during a task, so averaging would leave them as they are. The optimiser's state is
+//! not touched by a merge (the paper does not say otherwise; AdamW's moments go on from the
+//! unmerged trajectory).
+
+use std::collections::BTreeMap;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::params::{map_float_params, trainable_params};
+use crate::step::TensorState;
+use crate::trainer::{Algorithm, Context, Event};
+
+/// The model's trainable float parameters, detached (an anchor).
+fn trainable_snapshot<M: Module>(model: &M) -> BTreeMap<String, Tensor<1>> {
+    trainable_params(model)
+        .into_iter()
+        .map(|(n, t)| (n, t.detach()))
+        .collect()
+}
+
+fn anchor_state(anchor: &BTreeMap<String, Tensor<1>>) -> TensorState {
+    let mut s = TensorState::new();
+    for (name, t) in anchor {
+        s.insert(format!("anchor.{name}"), t.clone());
+    }
+    s
+}
+
+fn load_anchor(
+    state: &TensorState,
+    device: &Device,
+) -> std::result::Result<BTreeMap<String, Tensor<1>>, String> {
+    let mut anchor = BTreeMap::new();
+    for (name, _) in state.iter() {
+        if let Some(param) = name.strip_prefix("anchor.") {
+            anchor.insert(param.to_owned(), state.tensor::<1>(name, device)?);
+        }
+    }
+    Ok(anchor)
+}
+
+/// Checks that an anchor and a model hold the same trainable parameters (a resumed anchor of
+/// another model, or a model whose frozen set changed between tasks).
+fn check_anchor<M: Module>(
+    anchor: &BTreeMap<String, Tensor<1>>,
+    model: &M,
+) -> std::result::Result<(), String> {
+    let now = trainable_snapshot(model);
+    if let Some(name) = anchor.keys().find(|k| !now.contains_key(*k)) {
+        return Err(format!(
+            "the anchor has parameter `{name}`, which the model does not train; the anchor belongs to another model (or the frozen parameters changed)"
+        ));
+    }
+    for (name, t) in &now {
+        match anchor.get(name) {
+            None => {
+                return Err(format!(
+                    "the model trains `{name}`, which the anchor lacks; the anchor belongs to another model (or the frozen parameters changed)"
+                ));
+            }
+            Some(a) if a.dims() != t.dims() => {
+                return Err(format!(
+                    "parameter `{name}` has {} values in the anchor and {} in the model",
+                    a.dims()[0],
+                    t.dims()[0]
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Which model SFA averages towards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SfaAnchor {
+    /// The model at the start of the task (the previous task's end): the paper's θ_o.
+    PrevTaskEnd,
+    /// The model after the last merge (a rolling anchor, as some re-implementations do).
+    LastMerge,
+}
+
+/// Sequential Fine-tuning with Averaging. See the [module docs](self).
+#[derive(Debug)]
+pub struct Sfa {
+    beta: f64,
+    p: f64,
+    anchor_kind: SfaAnchor,
+    anchor: BTreeMap<String, Tensor<1>>,
+    merges: u64,
+    /// The anchor came from a checkpoint: the next `FitStart` is a resume, not a new task.
+    resumed: bool,
+}
+
+impl Sfa {
+    /// θ ← β·θ_o + (1 − β)·θ every ⌈p·T⌉ steps of a task of T steps and at its end.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for β outside [0, 1] or p outside (0, 1].
+    pub fn new(beta: f64, p: f64, anchor: SfaAnchor) -> Result<Self> {
+        if !(0.0..=1.0).contains(&beta) {
+            return Err(Error::Config {
+                message: format!(
+                    "SFA: beta {beta} is not in [0, 1] (the anchor's share of each merge)"
+                ),
+            });
+        }
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(Error::Config {
+                message: format!(
+                    "SFA: p {p} is not in (0, 1] (the averaging period as a fraction of the task; 1 = only at the end)"
+                ),
+            });
+        }
+        Ok(Self {
+            beta,
+            p,
+            anchor_kind: anchor,
+            anchor: BTreeMap::new(),
+            merges: 0,
+            resumed: false,
+        })
+    }
+
+    /// Steps between merges in a task of `total` steps: ⌈p·T⌉ (at least 1).
+    pub fn period(&self, total: u64) -> u64 {
+        ((self.p * total as f64).ceil() as u64).max(1)
+    }
+
+    /// Merges done so far (over all tasks).
+    pub fn merges(&self) -> u64 {
+        self.merges
+    }
+
+    /// `beta·anchor + (1 − beta)·model` for every parameter the anchor holds, in f32 with
+    /// WiSE-FT's operation order (`kiln merge`'s `wise_ft` with α = 1 − β: the same bits).
+    pub fn average<M: Module>(model: M, anchor: &BTreeMap<String, Tensor<1>>, beta: f64) -> M {
+        let alpha = (1.0 - beta) as f32;
+        let keep = 1.0f32 - alpha;
+        map_float_params(model, |name, t| match anchor.get(name) {
+            Some(a) => a.clone().mul_scalar(keep) + t.mul_scalar(alpha),
+            None => t,
+        })
+    }
+}
+
+impl<M: Module> Algorithm<M> for Sfa {
+    fn name(&self) -> &str {
+        "sfa"
+    }
+
+    fn on_event(
+        &mut self,
+        event: Event,
+        ctx: &mut Context<'_, M>,
+    ) -> std::result::Result<(), String> {
+        match event {
+            Event::FitStart => {
+                if std::mem::take(&mut self.resumed) {
+                    check_anchor(&self.anchor, ctx.model)?;
+                } else {
+                    self.anchor = trainable_snapshot(ctx.model);
+                }
+            }
+            Event::AfterStep => {
+                let (step, total) = (ctx.state.step, ctx.run.total_steps);
+                if step % self.period(total) == 0 || step == total {
+                    let model = ctx.model.clone();
+                    *ctx.model = Self::average(model, &self.anchor, self.beta);
+                    self.merges += 1;
+                    if self.anchor_kind == SfaAnchor::LastMerge {
+                        self.anchor = trainable_snapshot(ctx.model);
+                    }
+                    ctx.metrics.insert("sfa_merges".into(), self.merges as f64);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Value {
+        json!({"merges": self.merges, "beta": self.beta, "p": self.p})
+    }
+
+    fn load_state(&mut self, state: &Value) -> std::result::Result<(), String> {
+        self.merges = state["merges"]
+            .as_u64()
+            .ok_or("SFA state without `merges`")?;
+        Ok(())
+    }
+
+    fn tensor_state(&self) -> TensorState {
+        anchor_state(&self.anchor)
+    }
+
+    fn load_tensor_state(
+        &mut self,
+        state: TensorState,
+        device: &Device,
+    ) -> std::result::Result<(), String> {
+        self.anchor = load_anchor(&state, device)?;
+        self.resumed = true;
+        Ok(())
+    }
+}
+
+/// The factor in front of a quadratic penalty λ·Σ(θ − θ_o)²: the papers' ½ (EWC, Kirkpatrick
+/// et al.) or 1 (avalanche's `EWCPlugin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PenaltyScale {
+    /// `(λ/2)·Σ(θ − θ_o)²`: the gradient is λ·(θ − θ_o).
+    Half,
+    /// `λ·Σ(θ − θ_o)²`.
+    Full,
+}
+
+impl PenaltyScale {
+    fn factor(self) -> f64 {
+        match self {
+            Self::Half => 0.5,
+            Self::Full => 1.0,
+        }
+    }
+}
+
+/// An L2 pull towards the model at the start of the task, added to the loss at `AfterLoss`.
+/// The penalty's value is logged as `l2_penalty`.
+#[derive(Debug)]
+pub struct L2Anchor {
+    lambda: f64,
+    scale: PenaltyScale,
+    anchor: BTreeMap<String, Tensor<1>>,
+    resumed: bool,
+}
+
+impl L2Anchor {
+    /// `c·λ·Σ(θ − θ_o)²` over the trainable parameters (c from `scale`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a negative or non-finite λ.
+    pub fn new(lambda: f64, scale: PenaltyScale) -> Result<Self> {
+        if !(lambda.is_finite() && lambda >= 0.0) {
+            return Err(Error::Config {
+                message: format!("L2 anchor: lambda {lambda} must be finite and ≥ 0"),
+            });
+        }
+        Ok(Self {
+            lambda,
+            scale,
+            anchor: BTreeMap::new(),
+            resumed: false,
+        })
+    }
+
+    /// The penalty of `model` (a `[1]` tensor on its device, in the autodiff graph).
+    ///
+    /// # Errors
+    /// A message when the model's trainable parameters are not the anchor's.
+    pub fn penalty<M: Module>(&self, model: &M) -> std::result::Result<Tensor<1>, String> {
+        let mut sum: Option<Tensor<1>> = None;
+        for (name, t) in trainable_params(model) {
+            let a = self
+                .anchor
+                .get(&name)
+                .ok_or_else(|| format!("the model trains `{name}`, which the L2 anchor lacks"))?;
+            let d = t - a.clone();
+            let s = (d.clone() * d).sum();
+            sum = Some(match sum {
+                Some(acc) => acc + s,
+                None => s,
+            });
+        }
+        let sum = sum.ok_or("the model has no trainable parameter")?;
+        Ok(sum.mul_scalar(self.scale.factor() * self.lambda))
+    }
+}
+
+impl<M: Module> Algorithm<M> for L2Anchor {
+    fn name(&self) -> &str {
+        "l2_anchor"
+    }
+
+    fn on_event(
+        &mut self,
+        event: Event,
+        ctx: &mut Context<'_, M>,
+    ) -> std::result::Result<(), String> {
+        match event {
+            Event::FitStart => {
+                if std::mem::take(&mut self.resumed) {
+                    check_anchor(&self.anchor, ctx.model)?;
+                } else {
+                    self.anchor = trainable_snapshot(ctx.model);
+                }
+            }
+            Event::AfterLoss => {
+                let penalty = self.penalty(ctx.model)?;
+                let value = penalty
+                    .clone()
+                    .into_data()
+                    .convert::<f64>()
+                    .try_to_vec::<f64>()
+                    .map_or(f64::NAN, |v| v[0]);
+                if let Some(out) = ctx.output.as_deref_mut() {
+                    out.loss = out.loss.clone() + penalty;
+                }
+                ctx.metrics.insert("l2_penalty".into(), value);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn tensor_state(&self) -> TensorState {
+        anchor_state(&self.anchor)
+    }
+
+    fn load_tensor_state(
+        &mut self,
+        state: TensorState,
+        device: &Device,
+    ) -> std::result::Result<(), String> {
+        self.anchor = load_anchor(&state, device)?;
+        self.resumed = true;
+        Ok(())
+    }
+}

@@ -1,0 +1,312 @@
+//! kiln-train's continual-learning algorithms (`kiln_train::algorithms`): SFA against WiSE-FT
+//! and against L2-regularised SGD, its merge schedule, and the L2 anchor's penalty. Their
+//! checkpointed state is tested by the SIGKILL resume test (`tests/autoresume.rs`).
+
+use std::collections::BTreeMap;
+
+use kiln_train::algorithms::{L2Anchor, PenaltyScale, Sfa, SfaAnchor};
+use kiln_train::burn::nn::{Linear, LinearConfig};
+use kiln_train::burn::prelude::*;
+use kiln_train::params::float_params;
+use kiln_train::{
+    Algorithm, BatchSize, Context, Event, OptimizerConfig, StepOutput, TrainState, TrainTask,
+    Trainer, TrainerConfig,
+};
+
+/// Regression of y = W·x + b towards a fixed random map, batches cycling through 5 inputs.
+struct Regress;
+
+impl TrainTask<Linear> for Regress {
+    type Batch = (Tensor<2>, Tensor<2>);
+    fn next_batch(
+        &mut self,
+        s: &TrainState,
+        _: usize,
+        _: usize,
+    ) -> kiln_train::Result<(Self::Batch, BatchSize)> {
+        let d = Device::flex().autodiff();
+        let k = (s.step % 5) as f32;
+        let x = Tensor::<1>::from_floats([1.0 + k, -0.5, 0.25 * k, 2.0, -1.0, 0.5 - k], &d)
+            .reshape([2, 3]);
+        let w = Tensor::<1>::from_floats([0.3, -1.2, 0.8, 2.0, 0.1, -0.7], &d).reshape([3, 2]);
+        let y = x.clone().matmul(w).add_scalar(0.4);
+        Ok((
+            (x, y),
+            BatchSize {
+                samples: 2,
+                tokens: 2,
+            },
+        ))
+    }
+    fn forward(&mut self, m: &Linear, (x, y): Self::Batch) -> kiln_train::Result<StepOutput> {
+        Ok((m.forward(x) - y).powi_scalar(2).mean().into())
+    }
+    fn evaluate(
+        &mut self,
+        _: &Linear,
+        _: &TrainState,
+    ) -> kiln_train::Result<BTreeMap<String, f64>> {
+        Ok(BTreeMap::new())
+    }
+    fn data_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    fn restore_data_state(&mut self, _: &serde_json::Value) -> kiln_train::Result<()> {
+        Ok(())
+    }
+}
+
+fn host(model: &Linear) -> BTreeMap<String, Vec<f32>> {
+    float_params(model)
+        .into_iter()
+        .map(|(n, t)| {
+            (
+                n,
+                t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Records the model's weights at the run's last `AfterStep` (placed before SFA: the endpoint
+/// SFA is about to merge) and the steps at which SFA reported a merge.
+#[derive(Default)]
+struct Recorder {
+    endpoint: BTreeMap<String, Vec<f32>>,
+    merged_at: Vec<u64>,
+}
+
+/// A shared handle to a [`Recorder`] (the trainer owns the boxed algorithm).
+#[derive(Clone, Default)]
+struct Shared(std::rc::Rc<std::cell::RefCell<Recorder>>);
+
+impl Algorithm<Linear> for Shared {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+    fn on_event(&mut self, event: Event, ctx: &mut Context<'_, Linear>) -> Result<(), String> {
+        let mut r = self.0.borrow_mut();
+        match event {
+            Event::AfterStep if ctx.state.step == ctx.run.total_steps => {
+                r.endpoint = host(ctx.model);
+            }
+            Event::BatchEnd if ctx.metrics.contains_key("sfa_merges") => {
+                r.merged_at.push(ctx.state.step);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn fit(steps: u64, algorithms: &mut [Box<dyn Algorithm<Linear>>], model: Linear) -> Linear {
+    let device = Device::flex().autodiff();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TrainerConfig::new(
+        format!("{steps}ba").parse().unwrap(),
+        OptimizerConfig::adamw(0.05, 0.0),
+    );
+    c.progress_bar = false;
+    Trainer::new(c, dir.path())
+        .fit(model, &mut Regress, algorithms, &device)
+        .unwrap()
+        .model
+}
+
+fn start() -> Linear {
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    let l = LinearConfig::new(3, 2).init(&device);
+    // burn initialises lazily, at the first read: read now, so the values do not depend on
+    // what the device's generator drew before that.
+    let _ = host(&l);
+    l
+}
+
+#[test]
+fn sfa_with_p_1_is_wise_ft_of_the_endpoints_bit_for_bit() {
+    let base = start();
+    let theta_o = host(&base);
+    let rec = Shared::default();
+    let beta = 0.3;
+    let mut algorithms: Vec<Box<dyn Algorithm<Linear>>> = vec![
+        Box::new(rec.clone()),
+        Box::new(Sfa::new(beta, 1.0, SfaAnchor::PrevTaskEnd).unwrap()),
+    ];
+    let merged = host(&fit(12, &mut algorithms, base));
+    let rec = rec.0.borrow();
+    assert_eq!(rec.merged_at, [12], "p = 1: one merge, at the end");
+    for (name, end) in &rec.endpoint {
+        // kiln merge's WiSE-FT with α = 1 − β, in f32
+        let mut want = vec![0.0f32; end.len()];
+        kiln_merging::methods::linear::wise_ft((1.0 - beta) as f32, &theta_o[name], end, &mut want);
+        assert_eq!(merged[name], want, "{name}");
+        assert_ne!(merged[name], *end, "{name}: the merge moved it");
+    }
+}
+
+#[test]
+fn sfa_merges_every_ceil_p_t_steps_and_at_the_end() {
+    for (steps, p, want) in [
+        (10, 0.25, vec![3, 6, 9, 10]),
+        (10, 0.1, (1..=10).collect::<Vec<u64>>()),
+        (8, 0.5, vec![4, 8]),
+        (7, 0.05, (1..=7).collect()),
+    ] {
+        let rec = Shared::default();
+        let sfa = Sfa::new(0.5, p, SfaAnchor::PrevTaskEnd).unwrap();
+        assert_eq!(sfa.period(steps), (p * steps as f64).ceil() as u64);
+        let mut algorithms: Vec<Box<dyn Algorithm<Linear>>> =
+            vec![Box::new(sfa), Box::new(rec.clone())];
+        fit(steps, &mut algorithms, start());
+        assert_eq!(rec.0.borrow().merged_at, want, "T {steps}, p {p}");
+    }
+    // β = 1 returns to the anchor at every merge: the task's result is its start.
+    let base = start();
+    let want = host(&base);
+    let mut algorithms: Vec<Box<dyn Algorithm<Linear>>> = vec![Box::new(
+        Sfa::new(1.0, 0.5, SfaAnchor::PrevTaskEnd).unwrap(),
+    )];
+    assert_eq!(host(&fit(6, &mut algorithms, base)), want);
+    // β = 0 never changes anything: the same weights as without SFA.
+    let plain = host(&fit(6, &mut [], start()));
+    let mut algorithms: Vec<Box<dyn Algorithm<Linear>>> = vec![Box::new(
+        Sfa::new(0.0, 0.2, SfaAnchor::PrevTaskEnd).unwrap(),
+    )];
+    assert_eq!(host(&fit(6, &mut algorithms, start())), plain);
+    // Bad settings are refused.
+    assert!(Sfa::new(1.5, 0.5, SfaAnchor::PrevTaskEnd).is_err());
+    assert!(Sfa::new(0.5, 0.0, SfaAnchor::PrevTaskEnd).is_err());
+    assert!(Sfa::new(0.5, 1.5, SfaAnchor::LastMerge).is_err());
+}
+
+#[test]
+fn the_anchor_is_the_start_of_each_task_or_the_last_merge() {
+    // Two tasks with one SFA object: task 2 averages towards task 1's result.
+    let mut algorithms: Vec<Box<dyn Algorithm<Linear>>> = vec![Box::new(
+        Sfa::new(1.0, 1.0, SfaAnchor::PrevTaskEnd).unwrap(),
+    )];
+    let first = fit(5, &mut algorithms, start());
+    // β = 1: each task's result is its start; task 2 starts from task 1's result
+    assert_eq!(host(&fit(5, &mut algorithms, first.clone())), host(&first));
+    // A rolling anchor differs from the fixed one once there are several merges.
+    let run = |anchor| {
+        let mut a: Vec<Box<dyn Algorithm<Linear>>> =
+            vec![Box::new(Sfa::new(0.5, 0.25, anchor).unwrap())];
+        host(&fit(12, &mut a, start()))
+    };
+    assert_ne!(run(SfaAnchor::PrevTaskEnd), run(SfaAnchor::LastMerge));
+}
+
+/// The paper's motivation: averaging every step with β = ηλ is, to first order in η, one SGD step
+/// on the loss plus (λ/2)‖θ − θ_o‖². On a quadratic, ½‖θ − c‖², the two trajectories differ by
+/// O(η²) per step, so over a fixed time t = kη by O(η): halving η halves the gap.
+#[test]
+fn sfa_every_step_tracks_l2_regularised_sgd() {
+    let device = Device::flex();
+    let theta_o = [0.5f32, -1.0, 2.0, 0.0, 1.5, -0.5];
+    let c = [2.0f32, 1.0, -1.0, 3.0, 0.0, 0.5];
+    let lambda = 0.8;
+    let gap = |eta: f64| {
+        let layer = |v: &[f32]| {
+            let mut l = LinearConfig::new(3, 2).with_bias(false).init(&device);
+            l.weight = l
+                .weight
+                .map(|_| Tensor::<1>::from_floats(v, &device).reshape([3, 2]));
+            l
+        };
+        let anchor: BTreeMap<String, Tensor<1>> = BTreeMap::from([(
+            "weight".to_owned(),
+            Tensor::<1>::from_floats(theta_o.as_slice(), &device),
+        )]);
+        let (mut sfa, mut l2) = (theta_o.to_vec(), theta_o.to_vec());
+        let steps = (1.0 / eta).round() as usize;
+        let mut worst = 0.0f64;
+        for _ in 0..steps {
+            // SFA: an SGD step on the task loss, then θ ← β·θ_o + (1 − β)·θ with β = ηλ
+            let stepped: Vec<f32> = sfa
+                .iter()
+                .zip(&c)
+                .map(|(t, c)| t - eta as f32 * (t - c))
+                .collect();
+            let merged = Sfa::average(layer(&stepped), &anchor, eta * lambda);
+            sfa = host(&merged)["weight"].clone();
+            // L2 SGD: one step on ½‖θ − c‖² + (λ/2)‖θ − θ_o‖²
+            l2 = l2
+                .iter()
+                .zip(&c)
+                .zip(&theta_o)
+                .map(|((t, c), o)| t - eta as f32 * ((t - c) + lambda as f32 * (t - o)))
+                .collect();
+            let d = sfa
+                .iter()
+                .zip(&l2)
+                .map(|(a, b)| f64::from((a - b).abs()))
+                .fold(0.0, f64::max);
+            worst = worst.max(d);
+        }
+        worst
+    };
+    let (g1, g2) = (gap(0.02), gap(0.01));
+    assert!(g1 < 0.05, "the trajectories stay close: {g1}");
+    let ratio = g1 / g2;
+    assert!(
+        (1.6..2.5).contains(&ratio),
+        "the gap is O(η) over a fixed time: {g1} at η = 0.02, {g2} at η = 0.01 (ratio {ratio})"
+    );
+}
+
+#[test]
+fn the_l2_anchor_adds_its_penalty_and_pulls_towards_the_start() {
+    // The penalty's value, computed by hand on the host.
+    let base = start();
+    let moved = kiln_train::params::map_float_params(base.clone(), |_, t| t.add_scalar(0.5));
+    for (scale, c) in [(PenaltyScale::Half, 0.5), (PenaltyScale::Full, 1.0)] {
+        let mut l2 = L2Anchor::new(0.2, scale).unwrap();
+        // the anchor is the model at FitStart
+        let state = TrainState::default();
+        let run = kiln_train::RunPlan {
+            size: kiln_schedules::RunSize::new(kiln_schedules::Duration::batches(1)),
+            total_steps: 1,
+        };
+        let mut metrics = BTreeMap::new();
+        let mut model = base.clone();
+        <L2Anchor as Algorithm<Linear>>::on_event(
+            &mut l2,
+            Event::FitStart,
+            &mut Context {
+                state: &state,
+                run: &run,
+                model: &mut model,
+                output: None,
+                metrics: &mut metrics,
+            },
+        )
+        .unwrap();
+        let n: usize = host(&base).values().map(Vec::len).sum();
+        let want = c * 0.2 * n as f64 * 0.25;
+        let got = f64::from(l2.penalty(&moved).unwrap().into_scalar::<f32>());
+        assert!((got - want).abs() < 1e-5, "{scale:?}: {got} vs {want}");
+        assert_eq!(l2.penalty(&base).unwrap().into_scalar::<f32>(), 0.0);
+    }
+    // A strong pull keeps the trained weights nearer the start than plain training does.
+    let distance = |m: &Linear| {
+        let (a, b) = (host(m), host(&start()));
+        a.iter()
+            .map(|(k, v)| {
+                v.iter()
+                    .zip(&b[k])
+                    .map(|(x, y)| f64::from(x - y).powi(2))
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            .sqrt()
+    };
+    let plain = distance(&fit(30, &mut [], start()));
+    let mut algorithms: Vec<Box<dyn Algorithm<Linear>>> =
+        vec![Box::new(L2Anchor::new(5.0, PenaltyScale::Half).unwrap())];
+    let pulled = distance(&fit(30, &mut algorithms, start()));
+    assert!(pulled < 0.5 * plain, "{pulled} vs {plain}");
+    assert!(L2Anchor::new(-1.0, PenaltyScale::Half).is_err());
+    assert!(L2Anchor::new(f64::NAN, PenaltyScale::Full).is_err());
+}
