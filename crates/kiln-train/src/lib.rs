@@ -81,6 +81,7 @@
 
 pub mod algorithms;
 pub mod checkpoint;
+pub mod continual;
 mod error;
 pub mod optim;
 pub mod params;
