@@ -54,25 +54,44 @@ fn trainable_snapshot<M: Module>(model: &M) -> BTreeMap<String, Tensor<1>> {
         .collect()
 }
 
-fn anchor_state(anchor: &BTreeMap<String, Tensor<1>>) -> TensorState {
-    let mut s = TensorState::new();
-    for (name, t) in anchor {
-        s.insert(format!("anchor.{name}"), t.clone());
-    }
-    s
+/// The weights an algorithm pulls towards: taken at a task's start (`FitStart`), or restored
+/// from the checkpoint on resume (then `FitStart` only checks that it fits the model).
+#[derive(Debug, Default)]
+struct Anchor {
+    tensors: BTreeMap<String, Tensor<1>>,
+    /// Restored from a checkpoint: the next `FitStart` is a resume, not a new task.
+    resumed: bool,
 }
 
-fn load_anchor(
-    state: &TensorState,
-    device: &Device,
-) -> std::result::Result<BTreeMap<String, Tensor<1>>, String> {
-    let mut anchor = BTreeMap::new();
-    for (name, _) in state.iter() {
-        if let Some(param) = name.strip_prefix("anchor.") {
-            anchor.insert(param.to_owned(), state.tensor::<1>(name, device)?);
+impl Anchor {
+    fn fit_start<M: Module>(&mut self, model: &M) -> std::result::Result<(), String> {
+        if std::mem::take(&mut self.resumed) {
+            check_anchor(&self.tensors, model)
+        } else {
+            self.tensors = trainable_snapshot(model);
+            Ok(())
         }
     }
-    Ok(anchor)
+
+    fn state(&self) -> TensorState {
+        let mut s = TensorState::new();
+        for (name, t) in &self.tensors {
+            s.insert(format!("anchor.{name}"), t.clone());
+        }
+        s
+    }
+
+    fn load(&mut self, state: &TensorState, device: &Device) -> std::result::Result<(), String> {
+        let mut tensors = BTreeMap::new();
+        for (name, _) in state.iter() {
+            if let Some(param) = name.strip_prefix("anchor.") {
+                tensors.insert(param.to_owned(), state.tensor::<1>(name, device)?);
+            }
+        }
+        self.tensors = tensors;
+        self.resumed = true;
+        Ok(())
+    }
 }
 
 /// Checks that an anchor and a model hold the same trainable parameters (a resumed anchor of
@@ -122,10 +141,8 @@ pub struct Sfa {
     beta: f64,
     p: f64,
     anchor_kind: SfaAnchor,
-    anchor: BTreeMap<String, Tensor<1>>,
+    anchor: Anchor,
     merges: u64,
-    /// The anchor came from a checkpoint: the next `FitStart` is a resume, not a new task.
-    resumed: bool,
 }
 
 impl Sfa {
@@ -152,9 +169,8 @@ impl Sfa {
             beta,
             p,
             anchor_kind: anchor,
-            anchor: BTreeMap::new(),
+            anchor: Anchor::default(),
             merges: 0,
-            resumed: false,
         })
     }
 
@@ -191,21 +207,15 @@ impl<M: Module> Algorithm<M> for Sfa {
         ctx: &mut Context<'_, M>,
     ) -> std::result::Result<(), String> {
         match event {
-            Event::FitStart => {
-                if std::mem::take(&mut self.resumed) {
-                    check_anchor(&self.anchor, ctx.model)?;
-                } else {
-                    self.anchor = trainable_snapshot(ctx.model);
-                }
-            }
+            Event::FitStart => self.anchor.fit_start(ctx.model)?,
             Event::AfterStep => {
                 let (step, total) = (ctx.state.step, ctx.run.total_steps);
                 if step % self.period(total) == 0 || step == total {
                     let model = ctx.model.clone();
-                    *ctx.model = Self::average(model, &self.anchor, self.beta);
+                    *ctx.model = Self::average(model, &self.anchor.tensors, self.beta);
                     self.merges += 1;
                     if self.anchor_kind == SfaAnchor::LastMerge {
-                        self.anchor = trainable_snapshot(ctx.model);
+                        self.anchor.tensors = trainable_snapshot(ctx.model);
                     }
                     ctx.metrics.insert("sfa_merges".into(), self.merges as f64);
                 }
@@ -227,7 +237,7 @@ impl<M: Module> Algorithm<M> for Sfa {
     }
 
     fn tensor_state(&self) -> TensorState {
-        anchor_state(&self.anchor)
+        self.anchor.state()
     }
 
     fn load_tensor_state(
@@ -235,9 +245,7 @@ impl<M: Module> Algorithm<M> for Sfa {
         state: TensorState,
         device: &Device,
     ) -> std::result::Result<(), String> {
-        self.anchor = load_anchor(&state, device)?;
-        self.resumed = true;
-        Ok(())
+        self.anchor.load(&state, device)
     }
 }
 
@@ -266,8 +274,7 @@ impl PenaltyScale {
 pub struct L2Anchor {
     lambda: f64,
     scale: PenaltyScale,
-    anchor: BTreeMap<String, Tensor<1>>,
-    resumed: bool,
+    anchor: Anchor,
 }
 
 impl L2Anchor {
@@ -284,8 +291,7 @@ impl L2Anchor {
         Ok(Self {
             lambda,
             scale,
-            anchor: BTreeMap::new(),
-            resumed: false,
+            anchor: Anchor::default(),
         })
     }
 
@@ -296,10 +302,10 @@ impl L2Anchor {
     pub fn penalty<M: Module>(&self, model: &M) -> std::result::Result<Tensor<1>, String> {
         let mut sum: Option<Tensor<1>> = None;
         for (name, t) in trainable_params(model) {
-            let a = self
-                .anchor
-                .get(&name)
-                .ok_or_else(|| format!("the model trains `{name}`, which the L2 anchor lacks"))?;
+            let a =
+                self.anchor.tensors.get(&name).ok_or_else(|| {
+                    format!("the model trains `{name}`, which the L2 anchor lacks")
+                })?;
             let d = t - a.clone();
             let s = (d.clone() * d).sum();
             sum = Some(match sum {
@@ -323,13 +329,7 @@ impl<M: Module> Algorithm<M> for L2Anchor {
         ctx: &mut Context<'_, M>,
     ) -> std::result::Result<(), String> {
         match event {
-            Event::FitStart => {
-                if std::mem::take(&mut self.resumed) {
-                    check_anchor(&self.anchor, ctx.model)?;
-                } else {
-                    self.anchor = trainable_snapshot(ctx.model);
-                }
-            }
+            Event::FitStart => self.anchor.fit_start(ctx.model)?,
             Event::AfterLoss => {
                 let penalty = self.penalty(ctx.model)?;
                 let value = penalty
@@ -349,7 +349,7 @@ impl<M: Module> Algorithm<M> for L2Anchor {
     }
 
     fn tensor_state(&self) -> TensorState {
-        anchor_state(&self.anchor)
+        self.anchor.state()
     }
 
     fn load_tensor_state(
@@ -357,8 +357,6 @@ impl<M: Module> Algorithm<M> for L2Anchor {
         state: TensorState,
         device: &Device,
     ) -> std::result::Result<(), String> {
-        self.anchor = load_anchor(&state, device)?;
-        self.resumed = true;
-        Ok(())
+        self.anchor.load(&state, device)
     }
 }
