@@ -383,7 +383,8 @@ pub fn export<M: Module>(model: &M, config: &LoraConfig) -> Result<Adapter> {
 /// replaces (trained biases) by name.
 ///
 /// # Errors
-/// [`Error::Tensor`] when the adapter has a module the model's adapters lack or a shape differs.
+/// [`Error::Tensor`] when the adapter has a module the model's adapters lack or a shape differs,
+/// or replaces a tensor of rank ≠ 1 (`modules_to_save`).
 pub fn load_factors<M: Module>(model: M, adapter: &Adapter) -> Result<M> {
     let mut values: BTreeMap<String, (Vec<f32>, [usize; 2])> = BTreeMap::new();
     for (name, m) in &adapter.modules {
@@ -397,9 +398,17 @@ pub fn load_factors<M: Module>(model: M, adapter: &Adapter) -> Result<M> {
         );
     }
     for (name, (shape, v)) in &adapter.replaced {
-        if shape.len() == 1 {
-            values.insert(name.clone(), (v.clone(), [shape[0], 1]));
+        if shape.len() != 1 {
+            // `modules_to_save` (whole embeddings, heads): not a trained bias of an adapted layer
+            return Err(Error::Tensor {
+                adapter: adapter.path.clone(),
+                tensor: name.clone(),
+                message: format!(
+                    "the adapter replaces this {shape:?} tensor whole (modules_to_save), which a live model cannot take yet; merge the adapter into the checkpoint instead (kiln lora merge)"
+                ),
+            });
         }
+        values.insert(name.clone(), (v.clone(), [shape[0], 1]));
     }
     set_values(model, values, &adapter.path)
 }

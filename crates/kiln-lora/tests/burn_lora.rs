@@ -483,6 +483,17 @@ fn named_adapters_on_one_live_model() {
     // an adapter for other modules is refused by name
     let bert = Adapter::load(fixtures().join("adapters/bert_plain")).unwrap();
     assert!(m.load_adapter("bert", bert).is_err());
+    // modules_to_save (a tensor replaced whole) is refused by name, not silently dropped
+    let mut with_head = plain.clone();
+    with_head.replaced.insert(
+        "transformer.wte.weight".into(),
+        (vec![61, 16], vec![0.0; 61 * 16]),
+    );
+    let e = m.load_adapter("head", with_head).unwrap_err().to_string();
+    assert!(
+        e.contains("transformer.wte.weight") && e.contains("modules_to_save"),
+        "{e}"
+    );
 
     // safe_merge refuses NaN; merge_and_unload gives the plain merged model
     let mut broken = plain.clone();
