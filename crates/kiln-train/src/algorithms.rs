@@ -360,3 +360,299 @@ impl<M: Module> Algorithm<M> for L2Anchor {
         self.anchor.load(&state, device)
     }
 }
+
+/// How an [`Ema`]'s decay is chosen at each update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EmaDecay {
+    /// Composer's `EMA`: a constant smoothing s, `W_ema ← s·W_ema + (1 − s)·W`.
+    Composer {
+        /// s, in [0, 1).
+        smoothing: f64,
+    },
+    /// diffusers' `EMAModel`: [`DiffusersDecay`], `W_ema ← W_ema − (1 − d)·(W_ema − W)`.
+    Diffusers(DiffusersDecay),
+}
+
+/// diffusers' `EMAModel.get_decay(n)` for the n-th update: 0 (a copy) while
+/// `k = n − update_after_step − 1 ≤ 0`, then `1 − (1 + k/inv_gamma)^−power` with warmup or
+/// `(1 + k)/(10 + k)` without, capped at `decay` and floored at `min_decay`. `Default` is
+/// diffusers' defaults (`decay=0.9999, min_decay=0, update_after_step=0, use_ema_warmup=False,
+/// inv_gamma=1, power=2/3`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DiffusersDecay {
+    /// The largest decay.
+    pub decay: f64,
+    /// The smallest decay after the first copies.
+    pub min_decay: f64,
+    /// Updates that only copy the weights.
+    pub update_after_step: u64,
+    /// The warmup form.
+    pub use_warmup: bool,
+    /// Warmup's γ⁻¹.
+    pub inv_gamma: f64,
+    /// Warmup's power.
+    pub power: f64,
+}
+
+impl Default for DiffusersDecay {
+    fn default() -> Self {
+        Self {
+            decay: 0.9999,
+            min_decay: 0.0,
+            update_after_step: 0,
+            use_warmup: false,
+            inv_gamma: 1.0,
+            power: 2.0 / 3.0,
+        }
+    }
+}
+
+impl EmaDecay {
+    /// Composer's smoothing for a half-life and an update interval in the same unit:
+    /// `s = 2^(−interval/half_life)` (so `t½ = −ln 2 / ln s` updates' worth of time).
+    pub fn composer_half_life(half_life: f64, interval: f64) -> Self {
+        Self::Composer {
+            // as Composer computes it: 2 ** (-(interval / half_life))
+            smoothing: 2f64.powf(-(interval / half_life)),
+        }
+    }
+
+    /// The decay of the `n`-th update (1-based).
+    pub fn decay(&self, n: u64) -> f64 {
+        match *self {
+            Self::Composer { smoothing } => smoothing,
+            Self::Diffusers(DiffusersDecay {
+                decay,
+                min_decay,
+                update_after_step,
+                use_warmup,
+                inv_gamma,
+                power,
+            }) => {
+                let k = n.saturating_sub(update_after_step).saturating_sub(1) as f64;
+                if k <= 0.0 {
+                    return 0.0;
+                }
+                let d = if use_warmup {
+                    1.0 - (1.0 + k / inv_gamma).powf(-power)
+                } else {
+                    (1.0 + k) / (10.0 + k)
+                };
+                d.min(decay).max(min_decay)
+            }
+        }
+    }
+}
+
+/// An exponential moving average of the trainable weights ("shadow" weights), on the device,
+/// with Composer's or diffusers' decay ([`EmaDecay`], [`DiffusersDecay`]), started at `start` and updated every
+/// `interval` steps after each optimiser step. With `swap_for_eval`, evaluations run on the
+/// averaged weights (Composer's swap) and training goes on with the raw ones; the shadow is
+/// checkpointed beside them, and [`averaged`](Self::averaged) gives the averaged model.
+///
+/// Frozen parameters do not move, so the shadow holds only trainable ones (diffusers copies
+/// the others; Composer averages everything, buffers included — burn's buffers are not float
+/// parameters and are taken from the raw model).
+///
+/// ```
+/// use kiln_train::algorithms::{DiffusersDecay, Ema, EmaDecay};
+/// use kiln_train::burn::nn::Linear;
+/// use kiln_schedules::Duration;
+///
+/// // Composer's recommended `EMA(half_life="50ba")`: s = 2^(−1/50), from the first step.
+/// let ema = Ema::<Linear>::new(EmaDecay::composer_half_life(50.0, 1.0), Duration::batches(0), 1, true)?;
+/// // diffusers' EMAModel with warmup
+/// let warm = EmaDecay::Diffusers(DiffusersDecay { use_warmup: true, ..Default::default() });
+/// assert_eq!(warm.decay(1), 0.0); // the first update copies
+/// # let _ = ema;
+/// # Ok::<(), kiln_train::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Ema<M> {
+    decay: EmaDecay,
+    start: kiln_schedules::Duration,
+    interval: u64,
+    swap_for_eval: bool,
+    shadow: Anchor,
+    started: bool,
+    /// Step at which averaging started.
+    started_at: u64,
+    updates: u64,
+    /// The raw model while the averaged one is swapped in for an evaluation.
+    raw: Option<M>,
+}
+
+impl<M: Module> Ema<M> {
+    /// An EMA with `decay`, starting at `start` (Composer's `ema_start`; `0ba` for diffusers),
+    /// updated every `interval` optimiser steps.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a zero interval, a Composer smoothing outside [0, 1), diffusers
+    /// settings outside their ranges.
+    pub fn new(
+        decay: EmaDecay,
+        start: kiln_schedules::Duration,
+        interval: u64,
+        swap_for_eval: bool,
+    ) -> Result<Self> {
+        let bad = |message: String| Err(Error::Config { message });
+        if interval == 0 {
+            return bad("EMA: the update interval must be at least 1 step".into());
+        }
+        match decay {
+            EmaDecay::Composer { smoothing } if !(0.0..1.0).contains(&smoothing) => {
+                return bad(format!("EMA: smoothing {smoothing} is not in [0, 1)"));
+            }
+            EmaDecay::Diffusers(DiffusersDecay {
+                decay,
+                min_decay,
+                inv_gamma,
+                power,
+                ..
+            }) if !((0.0..=1.0).contains(&decay)
+                && (0.0..=decay).contains(&min_decay)
+                && inv_gamma > 0.0
+                && power > 0.0) =>
+            {
+                return bad(format!(
+                    "EMA: diffusers settings out of range (decay {decay} in [0, 1], min_decay {min_decay} in [0, decay], inv_gamma {inv_gamma} > 0, power {power} > 0)"
+                ));
+            }
+            _ => {}
+        }
+        Ok(Self {
+            decay,
+            start,
+            interval,
+            swap_for_eval,
+            shadow: Anchor::default(),
+            started: false,
+            started_at: 0,
+            updates: 0,
+            raw: None,
+        })
+    }
+
+    /// Updates done so far.
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// The shadow weights by parameter path (empty before the start).
+    pub fn shadow(&self) -> &BTreeMap<String, Tensor<1>> {
+        &self.shadow.tensors
+    }
+
+    /// `model` with its trainable weights replaced by the averages (unchanged before the start).
+    pub fn averaged(&self, model: M) -> M {
+        let shadow = &self.shadow.tensors;
+        map_float_params(model, |name, t| shadow.get(name).cloned().unwrap_or(t))
+    }
+
+    fn update(&mut self, model: &M) {
+        self.updates += 1;
+        let d = self.decay.decay(self.updates);
+        let now = trainable_snapshot(model);
+        for (name, w) in now {
+            if let Some(s) = self.shadow.tensors.get_mut(&name) {
+                *s = match self.decay {
+                    // composer: ema * s + (1 - s) * param
+                    EmaDecay::Composer { .. } => {
+                        s.clone().mul_scalar(d as f32) + w.mul_scalar((1.0 - d) as f32)
+                    }
+                    // diffusers: s_param.sub_(one_minus_decay * (s_param - param))
+                    EmaDecay::Diffusers(_) => {
+                        s.clone() - (s.clone() - w).mul_scalar((1.0 - d) as f32)
+                    }
+                };
+            }
+        }
+    }
+}
+
+impl<M: Module> Algorithm<M> for Ema<M> {
+    fn name(&self) -> &str {
+        "ema"
+    }
+
+    fn on_event(
+        &mut self,
+        event: Event,
+        ctx: &mut Context<'_, M>,
+    ) -> std::result::Result<(), String> {
+        let start = ctx
+            .run
+            .steps(&self.start)
+            .map_err(|e| format!("EMA start {}: {e}", self.start))?
+            .ceil() as u64;
+        match event {
+            Event::FitStart => {
+                if self.shadow.resumed {
+                    self.shadow.fit_start(ctx.model)?;
+                } else if self.started {
+                    // the next task of a sequence: the average goes on
+                    check_anchor(&self.shadow.tensors, ctx.model)?;
+                } else if ctx.state.step >= start {
+                    self.shadow.fit_start(ctx.model)?;
+                    self.started = true;
+                    self.started_at = ctx.state.step;
+                }
+            }
+            Event::AfterStep => {
+                let step = ctx.state.step;
+                if !self.started {
+                    if step >= start {
+                        self.shadow.tensors = trainable_snapshot(ctx.model);
+                        self.started = true;
+                        self.started_at = step;
+                    }
+                } else if (step - self.started_at).is_multiple_of(self.interval) {
+                    self.update(ctx.model);
+                    ctx.metrics
+                        .insert("ema_decay".into(), self.decay.decay(self.updates));
+                }
+            }
+            Event::EvalStart if self.swap_for_eval && self.started => {
+                let raw = ctx.model.clone();
+                *ctx.model = self.averaged(raw.clone());
+                self.raw = Some(raw);
+            }
+            Event::EvalEnd => {
+                if let Some(raw) = self.raw.take() {
+                    *ctx.model = raw;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Value {
+        json!({"updates": self.updates, "started": self.started, "started_at": self.started_at})
+    }
+
+    fn load_state(&mut self, state: &Value) -> std::result::Result<(), String> {
+        self.updates = state["updates"]
+            .as_u64()
+            .ok_or("EMA state without `updates`")?;
+        self.started = state["started"]
+            .as_bool()
+            .ok_or("EMA state without `started`")?;
+        self.started_at = state["started_at"]
+            .as_u64()
+            .ok_or("EMA state without `started_at`")?;
+        Ok(())
+    }
+
+    fn tensor_state(&self) -> TensorState {
+        self.shadow.state()
+    }
+
+    fn load_tensor_state(
+        &mut self,
+        state: TensorState,
+        device: &Device,
+    ) -> std::result::Result<(), String> {
+        self.shadow.load(&state, device)
+    }
+}

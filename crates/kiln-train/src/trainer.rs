@@ -37,6 +37,9 @@ pub enum Event {
     AfterStep,
     /// After the step's metrics are logged.
     BatchEnd,
+    /// Before an evaluation: algorithms may swap the model evaluated (an EMA's averaged
+    /// weights), and must swap it back at `EvalEnd`.
+    EvalStart,
     /// After an evaluation (`Context::metrics` holds its results).
     EvalEnd,
     /// After a checkpoint is written.
@@ -583,6 +586,8 @@ impl Trainer {
                 (state.samples - start_samples) as f64 / elapsed,
             );
             if due(state.step, eval_every) || state.step == total {
+                let mut scratch = BTreeMap::new();
+                emit!(Event::EvalStart, scratch)?;
                 eval = task.evaluate(&model, &state)?;
                 emit!(Event::EvalEnd, eval)?;
                 let mut line = serde_json::json!({"split": "eval", "step": state.step, "samples": state.samples, "tokens": state.tokens});

@@ -310,3 +310,244 @@ fn the_l2_anchor_adds_its_penalty_and_pulls_towards_the_start() {
     assert!(L2Anchor::new(-1.0, PenaltyScale::Half).is_err());
     assert!(L2Anchor::new(f64::NAN, PenaltyScale::Full).is_err());
 }
+
+fn ema_fixture() -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ema.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn ema_decay_is_diffusers_get_decay_and_composer_smoothing() {
+    use kiln_train::algorithms::{DiffusersDecay, EmaDecay};
+    let f = ema_fixture();
+    let cases = f["diffusers_decay"].as_array().unwrap();
+    assert_eq!(cases.len(), 4);
+    for case in cases {
+        let warmup = case["use_warmup"].as_bool().unwrap();
+        let after = case["update_after_step"].as_u64().unwrap();
+        let decay = EmaDecay::Diffusers(DiffusersDecay {
+            use_warmup: warmup,
+            update_after_step: after,
+            ..Default::default()
+        });
+        let bits = case["decay_bits"].as_array().unwrap();
+        assert_eq!(bits.len(), 2001);
+        for (step, want) in bits
+            .iter()
+            .map(|b| f64::from_bits(b.as_u64().unwrap()))
+            .enumerate()
+        {
+            assert_eq!(
+                decay.decay(step as u64),
+                want,
+                "warmup {warmup}, update_after_step {after}, step {step}"
+            );
+        }
+    }
+    assert_eq!(
+        EmaDecay::composer_half_life(50.0, 1.0).decay(1),
+        f64::from_bits(f["composer_smoothing_50ba_bits"].as_u64().unwrap())
+    );
+}
+
+/// Drives an `Ema` over fixed weight snapshots (a Linear without bias holding them), as the
+/// trainer would after each step.
+fn ema_trajectory(
+    ema: &mut kiln_train::algorithms::Ema<Linear>,
+    snapshots: &[Vec<f64>],
+) -> Vec<Vec<f32>> {
+    let device = Device::flex().autodiff();
+    let layer = |v: &[f64]| {
+        let v: Vec<f32> = v.iter().map(|x| *x as f32).collect();
+        let mut l = LinearConfig::new(3, 2).with_bias(false).init(&device);
+        l.weight = l.weight.map(|_| {
+            Tensor::<1>::from_floats(v.as_slice(), &device)
+                .reshape([3, 2])
+                .require_grad()
+        });
+        l
+    };
+    let run = kiln_train::RunPlan {
+        size: kiln_schedules::RunSize::new(kiln_schedules::Duration::batches(100)),
+        total_steps: 100,
+    };
+    let mut out = Vec::new();
+    for (i, s) in snapshots.iter().enumerate() {
+        let mut model = layer(s);
+        let state = TrainState {
+            step: i as u64,
+            ..TrainState::default()
+        };
+        let mut metrics = BTreeMap::new();
+        let event = if i == 0 {
+            Event::FitStart
+        } else {
+            Event::AfterStep
+        };
+        ema.on_event(
+            event,
+            &mut Context {
+                state: &state,
+                run: &run,
+                model: &mut model,
+                output: None,
+                metrics: &mut metrics,
+            },
+        )
+        .unwrap();
+        if i > 0 {
+            out.push(
+                ema.shadow()["weight"]
+                    .clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .unwrap(),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn ema_updates_are_diffusers_and_composer_bit_for_bit() {
+    use kiln_train::algorithms::{DiffusersDecay, Ema, EmaDecay};
+    let f = ema_fixture();
+    for (key, decay) in [
+        (
+            "diffusers_trajectory",
+            EmaDecay::Diffusers(DiffusersDecay {
+                decay: 0.9,
+                update_after_step: 2,
+                use_warmup: true,
+                ..Default::default()
+            }),
+        ),
+        ("composer_trajectory", EmaDecay::Composer { smoothing: 0.8 }),
+    ] {
+        let t = &f[key];
+        let snapshots: Vec<Vec<f64>> = t["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(floats)
+            .collect();
+        let mut ema =
+            Ema::<Linear>::new(decay, kiln_schedules::Duration::batches(0), 1, false).unwrap();
+        let got = ema_trajectory(&mut ema, &snapshots);
+        let want: Vec<Vec<f32>> = t["shadows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| floats(s).into_iter().map(|x| x as f32).collect())
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g, w, "{key}: shadow after update {}", i + 1);
+        }
+        assert_eq!(ema.updates(), snapshots.len() as u64 - 1);
+    }
+}
+
+type Weights = BTreeMap<String, Vec<f32>>;
+
+/// Records the weights each evaluation sees.
+struct Seen(std::rc::Rc<std::cell::RefCell<Vec<Weights>>>);
+
+impl TrainTask<Linear> for Seen {
+    type Batch = (Tensor<2>, Tensor<2>);
+    fn next_batch(
+        &mut self,
+        s: &TrainState,
+        m: usize,
+        n: usize,
+    ) -> kiln_train::Result<(Self::Batch, BatchSize)> {
+        Regress.next_batch(s, m, n)
+    }
+    fn forward(&mut self, m: &Linear, b: Self::Batch) -> kiln_train::Result<StepOutput> {
+        Regress.forward(m, b)
+    }
+    fn evaluate(
+        &mut self,
+        m: &Linear,
+        _: &TrainState,
+    ) -> kiln_train::Result<BTreeMap<String, f64>> {
+        self.0.borrow_mut().push(host(m));
+        Ok(BTreeMap::new())
+    }
+    fn data_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    fn restore_data_state(&mut self, _: &serde_json::Value) -> kiln_train::Result<()> {
+        Ok(())
+    }
+}
+
+/// The shadow must move (diffusers#5783: a training script never called `step()`), evaluations
+/// see the averaged weights, and training goes on with the raw ones.
+#[test]
+fn the_ema_shadow_moves_and_is_swapped_in_for_evaluation_only() {
+    use kiln_train::algorithms::{DiffusersDecay, Ema, EmaDecay};
+    let device = Device::flex().autodiff();
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let mut task = Seen(seen.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TrainerConfig::new("10ba".parse().unwrap(), OptimizerConfig::adamw(0.05, 0.0));
+    c.progress_bar = false;
+    c.eval_interval = Some("5ba".parse().unwrap());
+    let initial = start();
+    let plain = host(
+        &Trainer::new(c.clone(), dir.path().join("plain"))
+            .fit(start(), &mut Regress, &mut [], &device)
+            .unwrap()
+            .model,
+    );
+    let ema = Ema::<Linear>::new(
+        EmaDecay::Composer { smoothing: 0.6 },
+        "0ba".parse().unwrap(),
+        1,
+        true,
+    )
+    .unwrap();
+    let mut algorithms: Vec<Box<dyn Algorithm<Linear>>> = vec![Box::new(ema)];
+    let out = Trainer::new(c, dir.path().join("ema"))
+        .fit(initial.clone(), &mut task, &mut algorithms, &device)
+        .unwrap();
+    // the raw weights trained as without the EMA
+    assert_eq!(host(&out.model), plain);
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 2, "evaluations at steps 5 and 10");
+    let last = &seen[1];
+    assert_ne!(
+        *last, plain,
+        "the evaluation saw the averaged weights, not the raw ones"
+    );
+    assert_ne!(*last, host(&initial), "the shadow moved");
+    // Bad settings are refused.
+    assert!(
+        Ema::<Linear>::new(
+            EmaDecay::Composer { smoothing: 1.0 },
+            "0ba".parse().unwrap(),
+            1,
+            false
+        )
+        .is_err()
+    );
+    assert!(
+        Ema::<Linear>::new(
+            EmaDecay::Diffusers(DiffusersDecay::default()),
+            "0ba".parse().unwrap(),
+            0,
+            false
+        )
+        .is_err()
+    );
+}

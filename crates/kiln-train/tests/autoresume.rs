@@ -21,7 +21,7 @@ use kiln_data::shards::{TokenShard, write_shard};
 use kiln_data::tokenizer::{Tokenizer, TokenizerKind};
 use kiln_models::bert::{BertConfig, BertForMaskedLm};
 use kiln_schedules::{DataMix, Duration, LrSchedule, MaskingSchedule};
-use kiln_train::algorithms::{L2Anchor, PenaltyScale, Sfa, SfaAnchor};
+use kiln_train::algorithms::{Ema, EmaDecay, L2Anchor, PenaltyScale, Sfa, SfaAnchor};
 use kiln_train::burn::tensor::{Device, Tensor};
 use kiln_train::params::{float_params, map_float_params};
 use kiln_train::tasks::{MlmTask, MlmTaskConfig};
@@ -206,6 +206,16 @@ fn child(run_dir: &Path, data: &Path, slow_ms: u64) {
         // kiln's own: anchors restored from algorithms.safetensors, merge counter from state.json
         Box::new(Sfa::new(0.3, 0.2, SfaAnchor::PrevTaskEnd).unwrap()),
         Box::new(L2Anchor::new(0.05, PenaltyScale::Half).unwrap()),
+        // evaluations run on the averaged weights, so the logged eval metrics check the shadow
+        Box::new(
+            Ema::new(
+                EmaDecay::composer_half_life(3.0, 1.0),
+                Duration::batches(2),
+                1,
+                true,
+            )
+            .unwrap(),
+        ),
     ];
     let out = Trainer::new(trainer, run_dir)
         .fit(model, &mut task, &mut algorithms, &device)
@@ -401,10 +411,14 @@ fn main() {
     // The algorithm's tensors were checkpointed with the rest...
     let states =
         Checkpoint::open(killed.join("checkpoints/step-000000016/algorithms.safetensors")).unwrap();
-    for algorithm in ["pull/", "sfa/anchor.", "l2_anchor/anchor."] {
+    for algorithm in ["pull/", "sfa/anchor.", "l2_anchor/anchor.", "ema/anchor."] {
         assert!(
             states.names().any(|n| n.starts_with(algorithm)),
-            "{algorithm} tensors checkpointed"
+            "{algorithm} tensors checkpointed: {:?}",
+            states
+                .names()
+                .map(|n| n.split('.').next().unwrap_or(""))
+                .collect::<std::collections::BTreeSet<_>>()
         );
     }
     // ... and the final weights are bit for bit the uninterrupted run's.

@@ -319,6 +319,7 @@ fn algorithms_see_every_event_in_order_and_can_change_the_model() {
             )
         }));
         if s + 1 == 3 || s + 1 == 4 {
+            want.push((EvalStart, s + 1));
             want.push((EvalEnd, s + 1));
         }
         if s + 1 == 4 {
