@@ -56,14 +56,30 @@ fn trainable_snapshot<M: Module>(model: &M) -> BTreeMap<String, Tensor<1>> {
 
 /// The weights an algorithm pulls towards: taken at a task's start (`FitStart`), or restored
 /// from the checkpoint on resume (then `FitStart` only checks that it fits the model).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Anchor {
     tensors: BTreeMap<String, Tensor<1>>,
     /// Restored from a checkpoint: the next `FitStart` is a resume, not a new task.
     resumed: bool,
+    /// The tensors' name prefix in the checkpoint (`anchor`, `shadow`, `average`).
+    prefix: &'static str,
+}
+
+impl Default for Anchor {
+    fn default() -> Self {
+        Self::named("anchor")
+    }
 }
 
 impl Anchor {
+    fn named(prefix: &'static str) -> Self {
+        Self {
+            tensors: BTreeMap::new(),
+            resumed: false,
+            prefix,
+        }
+    }
+
     fn fit_start<M: Module>(&mut self, model: &M) -> std::result::Result<(), String> {
         if std::mem::take(&mut self.resumed) {
             check_anchor(&self.tensors, model)
@@ -76,7 +92,7 @@ impl Anchor {
     fn state(&self) -> TensorState {
         let mut s = TensorState::new();
         for (name, t) in &self.tensors {
-            s.insert(format!("anchor.{name}"), t.clone());
+            s.insert(format!("{}.{name}", self.prefix), t.clone());
         }
         s
     }
@@ -84,7 +100,10 @@ impl Anchor {
     fn load(&mut self, state: &TensorState, device: &Device) -> std::result::Result<(), String> {
         let mut tensors = BTreeMap::new();
         for (name, _) in state.iter() {
-            if let Some(param) = name.strip_prefix("anchor.") {
+            if let Some(param) = name
+                .strip_prefix(self.prefix)
+                .and_then(|n| n.strip_prefix('.'))
+            {
                 tensors.insert(param.to_owned(), state.tensor::<1>(name, device)?);
             }
         }
@@ -525,7 +544,7 @@ impl<M: Module> Ema<M> {
             start,
             interval,
             swap_for_eval,
-            shadow: Anchor::default(),
+            shadow: Anchor::named("shadow"),
             started: false,
             started_at: 0,
             updates: 0,
@@ -654,5 +673,176 @@ impl<M: Module> Algorithm<M> for Ema<M> {
         device: &Device,
     ) -> std::result::Result<(), String> {
         self.shadow.load(&state, device)
+    }
+}
+
+/// Stochastic Weight Averaging as Composer's `SWA` (Izmailov et al. 2018): from `start` (0.7 of
+/// the run) every `interval` (1 epoch), the running mean of the trainable weights
+/// (`avg ← avg + (w − avg)/(n + 1)`, the first sample copied, as PyTorch's `AveragedModel`); at
+/// `end` (0.97 of the run) the model's weights are replaced by the average and averaging stops —
+/// the steps after `end` let normalisation statistics catch up, as Composer's docs ask. Composer
+/// counts an `ep` interval in epochs at `EPOCH_END`; kiln resolves every duration to steps with
+/// the run's data size, which is the same when `start` falls on an epoch boundary. Composer's
+/// optional SWA learning-rate schedule (`schedule_swa_lr`) is not offered: use the LR schedule.
+///
+/// ```
+/// use kiln_train::algorithms::Swa;
+/// use kiln_train::burn::nn::Linear;
+///
+/// let composer_defaults = Swa::<Linear>::composer();
+/// let every_10_steps = Swa::<Linear>::new("0.5dur".parse()?, "0.9dur".parse()?, "10ba".parse()?)?;
+/// # let _ = (composer_defaults, every_10_steps);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Swa<M> {
+    start: kiln_schedules::Duration,
+    end: kiln_schedules::Duration,
+    interval: kiln_schedules::Duration,
+    average: Anchor,
+    /// Samples averaged.
+    n: u64,
+    /// Matched steps since the start (Composer's `step_counter`).
+    counter: u64,
+    completed: bool,
+    _model: std::marker::PhantomData<fn() -> M>,
+}
+
+impl<M: Module> Swa<M> {
+    /// Composer's defaults: `SWA(swa_start="0.7dur", swa_end="0.97dur", update_interval="1ep")`.
+    pub fn composer() -> Self {
+        Self::new(
+            kiln_schedules::Duration::fraction(0.7),
+            kiln_schedules::Duration::fraction(0.97),
+            kiln_schedules::Duration {
+                value: 1.0,
+                unit: kiln_schedules::Unit::Epoch,
+            },
+        )
+        .expect("Composer's defaults are valid")
+    }
+
+    /// Averages every `interval` from `start` to `end`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `end` is not after `start` in the same unit, or the interval is not
+    /// positive.
+    pub fn new(
+        start: kiln_schedules::Duration,
+        end: kiln_schedules::Duration,
+        interval: kiln_schedules::Duration,
+    ) -> Result<Self> {
+        if start.unit != end.unit || end.value <= start.value {
+            return Err(Error::Config {
+                message: format!(
+                    "SWA: end {end} must come after start {start}, in the same unit (Composer: both `dur` or both `ep`)"
+                ),
+            });
+        }
+        if interval.value <= 0.0 {
+            return Err(Error::Config {
+                message: format!("SWA: the update interval {interval} must be positive"),
+            });
+        }
+        Ok(Self {
+            start,
+            end,
+            interval,
+            average: Anchor::named("average"),
+            n: 0,
+            counter: 0,
+            completed: false,
+            _model: std::marker::PhantomData,
+        })
+    }
+
+    /// Weights averaged so far.
+    pub fn samples(&self) -> u64 {
+        self.n
+    }
+
+    /// Whether the model has been replaced by the average.
+    pub fn completed(&self) -> bool {
+        self.completed
+    }
+}
+
+impl<M: Module> Algorithm<M> for Swa<M> {
+    fn name(&self) -> &str {
+        "swa"
+    }
+
+    fn on_event(
+        &mut self,
+        event: Event,
+        ctx: &mut Context<'_, M>,
+    ) -> std::result::Result<(), String> {
+        let steps = |d: &kiln_schedules::Duration| {
+            ctx.run
+                .steps(d)
+                .map(|s| s.ceil() as u64)
+                .map_err(|e| format!("SWA {d}: {e}"))
+        };
+        match event {
+            Event::FitStart if self.average.resumed => self.average.fit_start(ctx.model)?,
+            Event::AfterStep if !self.completed => {
+                let step = ctx.state.step;
+                if step < steps(&self.start)? {
+                    return Ok(());
+                }
+                let every = steps(&self.interval)?.max(1);
+                if self.counter.is_multiple_of(every) {
+                    let now = trainable_snapshot(ctx.model);
+                    if self.n == 0 {
+                        self.average.tensors = now;
+                    } else {
+                        let k = (self.n + 1) as f32;
+                        for (name, w) in now {
+                            if let Some(a) = self.average.tensors.get_mut(&name) {
+                                *a = a.clone() + (w - a.clone()).div_scalar(k);
+                            }
+                        }
+                    }
+                    self.n += 1;
+                }
+                self.counter += 1;
+                if step >= steps(&self.end)? {
+                    let model = ctx.model.clone();
+                    let avg = &self.average.tensors;
+                    *ctx.model =
+                        map_float_params(model, |name, t| avg.get(name).cloned().unwrap_or(t));
+                    self.completed = true;
+                }
+                ctx.metrics.insert("swa_samples".into(), self.n as f64);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Value {
+        json!({"n": self.n, "counter": self.counter, "completed": self.completed})
+    }
+
+    fn load_state(&mut self, state: &Value) -> std::result::Result<(), String> {
+        let get = |k: &str| state[k].as_u64().ok_or(format!("SWA state without `{k}`"));
+        self.n = get("n")?;
+        self.counter = get("counter")?;
+        self.completed = state["completed"]
+            .as_bool()
+            .ok_or("SWA state without `completed`")?;
+        Ok(())
+    }
+
+    fn tensor_state(&self) -> TensorState {
+        self.average.state()
+    }
+
+    fn load_tensor_state(
+        &mut self,
+        state: TensorState,
+        device: &Device,
+    ) -> std::result::Result<(), String> {
+        self.average.load(&state, device)
     }
 }

@@ -551,3 +551,69 @@ fn the_ema_shadow_moves_and_is_swapped_in_for_evaluation_only() {
         .is_err()
     );
 }
+
+/// Records the weights after every step (placed before the algorithm under test).
+#[derive(Clone, Default)]
+struct Steps(std::rc::Rc<std::cell::RefCell<Vec<Weights>>>);
+
+impl Algorithm<Linear> for Steps {
+    fn name(&self) -> &str {
+        "steps"
+    }
+    fn on_event(&mut self, event: Event, ctx: &mut Context<'_, Linear>) -> Result<(), String> {
+        if event == Event::AfterStep {
+            self.0.borrow_mut().push(host(ctx.model));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn swa_averages_every_interval_from_start_and_replaces_the_model_at_the_end() {
+    use kiln_train::algorithms::Swa;
+    let steps = Steps::default();
+    let swa = Swa::<Linear>::new(
+        "0.5dur".parse().unwrap(),
+        "1.0dur".parse().unwrap(),
+        "3ba".parse().unwrap(),
+    )
+    .unwrap();
+    let mut algorithms: Vec<Box<dyn Algorithm<Linear>>> =
+        vec![Box::new(steps.clone()), Box::new(swa)];
+    let out = host(&fit(20, &mut algorithms, start()));
+    // from step 10, every 3rd step: 10, 13, 16, 19 (Composer's step counter)
+    let seen = steps.0.borrow();
+    let picked = [10usize, 13, 16, 19];
+    for (name, v) in &out {
+        for (i, x) in v.iter().enumerate() {
+            let mean = picked
+                .iter()
+                .map(|&s| f64::from(seen[s - 1][name][i]))
+                .sum::<f64>()
+                / picked.len() as f64;
+            assert!(
+                (f64::from(*x) - mean).abs() < 1e-6,
+                "{name}[{i}]: {x} vs the mean of steps {picked:?}, {mean}"
+            );
+        }
+    }
+    assert_ne!(out, seen[19], "the model was replaced by the average");
+    // Composer's defaults, and bad settings
+    let _ = Swa::<Linear>::composer();
+    assert!(
+        Swa::<Linear>::new(
+            "0.9dur".parse().unwrap(),
+            "0.5dur".parse().unwrap(),
+            "1ba".parse().unwrap()
+        )
+        .is_err()
+    );
+    assert!(
+        Swa::<Linear>::new(
+            "0.5dur".parse().unwrap(),
+            "9ep".parse().unwrap(),
+            "1ba".parse().unwrap()
+        )
+        .is_err()
+    );
+}

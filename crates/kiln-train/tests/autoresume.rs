@@ -21,7 +21,7 @@ use kiln_data::shards::{TokenShard, write_shard};
 use kiln_data::tokenizer::{Tokenizer, TokenizerKind};
 use kiln_models::bert::{BertConfig, BertForMaskedLm};
 use kiln_schedules::{DataMix, Duration, LrSchedule, MaskingSchedule};
-use kiln_train::algorithms::{Ema, EmaDecay, L2Anchor, PenaltyScale, Sfa, SfaAnchor};
+use kiln_train::algorithms::{Ema, EmaDecay, L2Anchor, PenaltyScale, Sfa, SfaAnchor, Swa};
 use kiln_train::burn::tensor::{Device, Tensor};
 use kiln_train::params::{float_params, map_float_params};
 use kiln_train::tasks::{MlmTask, MlmTaskConfig};
@@ -213,6 +213,15 @@ fn child(run_dir: &Path, data: &Path, slow_ms: u64) {
                 Duration::batches(2),
                 1,
                 true,
+            )
+            .unwrap(),
+        ),
+        // averaging from step 3 every 2 steps, the model replaced at step 14
+        Box::new(
+            Swa::new(
+                Duration::fraction(0.15),
+                Duration::fraction(0.85),
+                Duration::batches(2),
             )
             .unwrap(),
         ),
@@ -411,7 +420,13 @@ fn main() {
     // The algorithm's tensors were checkpointed with the rest...
     let states =
         Checkpoint::open(killed.join("checkpoints/step-000000016/algorithms.safetensors")).unwrap();
-    for algorithm in ["pull/", "sfa/anchor.", "l2_anchor/anchor.", "ema/anchor."] {
+    for algorithm in [
+        "pull/",
+        "sfa/anchor.",
+        "l2_anchor/anchor.",
+        "ema/shadow.",
+        "swa/average.",
+    ] {
         assert!(
             states.names().any(|n| n.starts_with(algorithm)),
             "{algorithm} tensors checkpointed: {:?}",
