@@ -9,6 +9,8 @@
 //!                                            recompute "Beyond Chinchilla-Optimal" into docs/reproductions/
 //! cargo xtask repro masking [--quick] [--out DIR]
 //!                                            dynamic masking-rate schedules (Ankner et al.) at small scale
+//! cargo xtask repro lora [--quick] [--out DIR]
+//!                                            "LoRA Learns Less and Forgets Less" (Biderman et al.) at small scale
 //! cargo xtask gpu-check build|cpu|lavapipe offline CUDA build of kiln-gpu-check (docs/GPU.md) / its CPU half / on lavapipe
 //! cargo xtask bench scaling                  criterion benches + the scipy anchor → docs/BENCHMARKS.md
 //! cargo xtask bench train                   one tiny-BERT training step: burn flex vs PyTorch CPU
@@ -28,6 +30,7 @@ mod ci;
 mod flex_patch;
 mod gpu_check;
 mod profile;
+mod repro_lora;
 mod repro_masking;
 mod repro_scaling;
 
@@ -52,6 +55,13 @@ commands:
                                     steps, about a quarter of an hour on 2 cores; --quick:
                                     1 seed, 120 steps), evaluate MLM loss at 15% and an acceptability probe
                                     → DIR (default docs/reproductions): masking.md + masking-curves.svg
+  repro lora [--quick] [--out DIR] [--device cpu|cuda[:N]] [--pretrain-steps N] [--finetune-steps N]
+                                    pretrain a small GPT-2 on the built-in prose (10% of its sequences code and
+                                    arithmetic), fine-tune it on code and arithmetic in full and with LoRA (r 4/16/64 × attention/all-linear, α = 2r),
+                                    each over a 4-point LR sweep, plus full FT with weight decay or dropout;
+                                    learning (target loss), forgetting (prose loss), rank@0.9 of the full
+                                    fine-tune's ΔW over training → DIR (default docs/reproductions): lora.md +
+                                    4 SVGs (--quick: code only, 2 LoRA configurations, 1 LR each, 40 steps)
   gpu-check build                   build kiln-gpu-check for CUDA without network (DOCS_RS=1, NVRTC kernels,
                                     LLVM symbols stubbed; see docs/GPU.md) into gpu-check/, with fusion
                                     and without (kiln-gpu-check-no-fusion, for --no-fusion-binary)
@@ -90,6 +100,7 @@ fn main() -> ExitCode {
         ["gpu-check", rest @ ..] => gpu_check::command(rest),
         ["repro", "scaling", rest @ ..] => repro_scaling::command(rest),
         ["repro", "masking", rest @ ..] => repro_masking::command(rest),
+        ["repro", "lora", rest @ ..] => repro_lora::command(rest),
         ["bench", "scaling", rest @ ..] => bench::scaling(rest),
         ["bench", "merge", rest @ ..] => bench_merge::merge(rest),
         ["bench", "lora", rest @ ..] => bench_lora::lora(rest),
@@ -144,6 +155,33 @@ pub(crate) fn run(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result
     } else {
         Err(format!("`{}` failed ({status})", shown.join(" ")).into())
     }
+}
+
+/// The device a pipeline trains on: `--device NAME`, else `KILN_DEVICE`, else the CPU (burn's
+/// flex backend).
+pub(crate) fn pipeline_device(name: Option<&str>) -> Result<kiln_train::burn::tensor::Device> {
+    Ok(match name {
+        Some(name) => kiln_train::device_from_name(name)?,
+        None => kiln_train::device_from_env()?,
+    })
+}
+
+/// The arguments that shape a reproduction's results, for its report: all but `--out DIR` and
+/// `--device NAME` (where it is written and what it ran on).
+pub(crate) fn shown_args(args: &[&str]) -> String {
+    let mut shown = Vec::new();
+    let mut skip = false;
+    for a in args {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        if *a == "--out" || *a == "--device" {
+            skip = true;
+        } else {
+            shown.push(*a);
+        }
+    }
+    shown.join(" ")
 }
 
 /// Writes a file atomically (kiln-checkpoint's temp + fsync + rename + directory fsync), creating

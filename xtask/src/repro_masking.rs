@@ -156,29 +156,12 @@ pub(crate) fn command(args: &[&str]) -> Result {
             other => return Err(format!("unknown argument `{other}` (expected --quick, --out DIR, --steps N, --finetune-steps N, --seeds A,B,C, --device cpu|cuda[:N])").into()),
         }
     }
-    // --device, else KILN_DEVICE, else the CPU (burn's flex backend).
-    let device = match device {
-        Some(name) => kiln_train::device_from_name(&name)?,
-        None => kiln_train::device_from_env()?,
-    };
+    let device = crate::pipeline_device(device.as_deref())?;
     let mut setup = Setup::new(quick);
     setup.pretrain_steps = steps.unwrap_or(setup.pretrain_steps);
     setup.finetune_steps = finetune.unwrap_or(setup.finetune_steps);
     setup.seeds = seeds.unwrap_or(setup.seeds);
-    // The arguments that shape the results (not where they are written).
-    let mut shown = Vec::new();
-    let mut skip = false;
-    for a in args {
-        if std::mem::take(&mut skip) {
-            continue;
-        }
-        if *a == "--out" || *a == "--device" {
-            skip = true;
-        } else {
-            shown.push(*a);
-        }
-    }
-    setup.args = shown.join(" ");
+    setup.args = crate::shown_args(args);
     if setup.seeds.is_empty() || setup.pretrain_steps < 10 || setup.finetune_steps == 0 {
         return Err("give at least one seed, 10 pretraining steps and 1 fine-tuning step".into());
     }
