@@ -56,6 +56,8 @@
 //! - [`train`] (feature `models`, on by default): adapters on kiln-models' burn modules with
 //!   PEFT's targeting, ranks, scales, inits and trainable biases, loaded from and exported to PEFT
 //!   adapters.
+//! - [`live`] (feature `models`): several named adapters on one burn model, as PEFT's
+//!   `PeftModel` (add, load, set active, weighted sets, disable, delete, merge, unmerge).
 //! - [`extract`]: a PEFT adapter from a base and a fine-tuned checkpoint
 //!   (mergekit-extract-lora's options: max rank, σ epsilon, scale distribution, include/exclude,
 //!   embeddings as `modules_to_save` or LoRA).

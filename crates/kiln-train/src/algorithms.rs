@@ -9,8 +9,14 @@
 //!   model at the start of the task (c = ½ or 1, [`PenaltyScale`]); SFA is its periodic, larger-
 //!   step form (averaging every step with β = ηλ is one SGD step on it, to first order in η).
 //!
-//! Both keep one copy of the trainable weights (the anchor) on the device, nothing per step, and
-//! checkpoint it (`algorithms.safetensors`), so a resumed run continues bit for bit.
+//! - [`Ema`]: an exponential moving average of the weights with Composer's or diffusers'
+//!   decay ([`EmaDecay`]), evaluated in place of the raw weights if asked.
+//! - [`Swa`]: Composer's stochastic weight averaging (a running mean from `start` to `end`, then
+//!   the model replaced by it).
+//!
+//! Each keeps one copy of the trainable weights (anchor, shadow or average) on the device,
+//! nothing per step, and checkpoints it (`algorithms.safetensors`), so a resumed run continues
+//! bit for bit.
 //!
 //! ```
 //! use kiln_train::algorithms::{L2Anchor, PenaltyScale, Sfa, SfaAnchor};
@@ -28,7 +34,8 @@
 //!
 //! **Task sequences.** Use one algorithm object for the whole sequence and call
 //! [`Trainer::fit`](crate::Trainer::fit) once per task: at each fit's start (not a resume) the
-//! anchor becomes the model as it is then — the previous task's result.
+//! SFA and L2 anchors become the model as it is then — the previous task's result; an EMA goes
+//! on averaging across tasks.
 //!
 //! **What is averaged.** Trainable parameters only (`require_grad`): frozen ones and buffers do
 //! not move during a task, so averaging would leave them as they are. The optimiser's state is
