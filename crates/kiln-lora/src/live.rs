@@ -5,7 +5,7 @@
 //! burn 0.22 reparameterises a weight with one adapter at a time (`W + s·a·b`), so
 //! [`LoraModel`] keeps the base model untouched and every adapter's factors on the host, and
 //! builds the live model for the active adapter when it changes: [`set_adapter`] attaches its
-//! config (kiln's [`attach`](crate::train::attach)) and loads its factors. Switching therefore costs
+//! config (kiln's [`attach`](crate::train::attach())) and loads its factors. Switching therefore costs
 //! one pass over the adapted weights, not a copy of the model (burn's tensors are shared). After
 //! training the live model, hand it back with [`update`]: its factors become the adapter's.
 //! A weighted set of adapters ([`set_adapters`]) runs as their exact `cat` combination and is

@@ -1,13 +1,13 @@
 //! Continual-learning metrics from an accuracy (or any score) matrix `R`, where `R[i][j]` is
 //! the score on task j after training on tasks 0..=i (T × T, 0-based):
 //!
-//! - ACC = mean_j R[T−1][j] — the final average score;
-//! - BWT = mean_{j<T−1} (R[T−1][j] − R[j][j]) — backward transfer (Lopez-Paz & Ranzato 2017;
+//! - ACC = `mean_j R[T−1][j]` — the final average score;
+//! - BWT = `mean_{j<T−1} (R[T−1][j] − R[j][j])` — backward transfer (Lopez-Paz & Ranzato 2017;
 //!   negative = forgetting);
-//! - FWT = mean_{j≥1} (R[j−1][j] − b_j) — forward transfer against each task's score `b_j` before
-//!   any training (needs those baselines);
-//! - forgetting = mean_{j<T−1} max_{l<T−1} (R[l][j] − R[T−1][j]) (Chaudhry et al. 2018: the best
-//!   score a task ever had before the end, minus its final score).
+//! - FWT = `mean_{j≥1} (R[j−1][j] − b_j)` — forward transfer against each task's score `b_j`
+//!   before any training (needs those baselines);
+//! - forgetting = `mean_{j<T−1} max_{l<T−1} (R[l][j] − R[T−1][j])` (Chaudhry et al. 2018: the
+//!   best score a task ever had before the end, minus its final score).
 //!
 //! ```
 //! use kiln_train::continual::transfer_metrics;
