@@ -96,6 +96,13 @@ impl Anchor {
         }
     }
 
+    /// `model` with the parameters this holds put in place of its own (the rest unchanged).
+    fn apply<M: Module>(&self, model: M) -> M {
+        map_float_params(model, |name, t| {
+            self.tensors.get(name).cloned().unwrap_or(t)
+        })
+    }
+
     fn state(&self) -> TensorState {
         let mut s = TensorState::new();
         for (name, t) in &self.tensors {
@@ -571,8 +578,7 @@ impl<M: Module> Ema<M> {
 
     /// `model` with its trainable weights replaced by the averages (unchanged before the start).
     pub fn averaged(&self, model: M) -> M {
-        let shadow = &self.shadow.tensors;
-        map_float_params(model, |name, t| shadow.get(name).cloned().unwrap_or(t))
+        self.shadow.apply(model)
     }
 
     fn update(&mut self, model: &M) {
@@ -815,9 +821,7 @@ impl<M: Module> Algorithm<M> for Swa<M> {
                 self.counter += 1;
                 if step >= steps(&self.end)? {
                     let model = ctx.model.clone();
-                    let avg = &self.average.tensors;
-                    *ctx.model =
-                        map_float_params(model, |name, t| avg.get(name).cloned().unwrap_or(t));
+                    *ctx.model = self.average.apply(model);
                     self.completed = true;
                 }
                 ctx.metrics.insert("swa_samples".into(), self.n as f64);
