@@ -628,3 +628,39 @@ fn swa_averages_every_interval_from_start_and_replaces_the_model_at_the_end() {
         .is_err()
     );
 }
+
+#[test]
+fn in_a_task_sequence_swa_averages_each_task_and_ema_goes_on() {
+    use kiln_train::algorithms::{Ema, EmaDecay, Swa};
+    let steps = Steps::default();
+    let swa = Swa::<Linear>::new(
+        "0.5dur".parse().unwrap(),
+        "1.0dur".parse().unwrap(),
+        "3ba".parse().unwrap(),
+    )
+    .unwrap();
+    // an EMA updated every 3 steps from step 2 of task 1: task 2's steps count from 1 again
+    let ema = Ema::<Linear>::new(
+        EmaDecay::Composer { smoothing: 0.5 },
+        "2ba".parse().unwrap(),
+        3,
+        true,
+    )
+    .unwrap();
+    let mut algorithms: Vec<Box<dyn Algorithm<Linear>>> =
+        vec![Box::new(steps.clone()), Box::new(swa), Box::new(ema)];
+    let task1 = fit(10, &mut algorithms, start());
+    let out = host(&fit(10, &mut algorithms, task1));
+    // task 2 alone: from its step 5, every 3rd: 5 and 8 (the 15th and 18th steps recorded)
+    let seen = steps.0.borrow();
+    assert_eq!(seen.len(), 20);
+    for (name, v) in &out {
+        for (i, x) in v.iter().enumerate() {
+            let mean = (f64::from(seen[14][name][i]) + f64::from(seen[17][name][i])) / 2.0;
+            assert!(
+                (f64::from(*x) - mean).abs() < 1e-6,
+                "{name}[{i}]: {x} vs the mean of task 2's steps 5 and 8, {mean}"
+            );
+        }
+    }
+}

@@ -1,7 +1,8 @@
-//! Kill a training run mid-way, damage its newest checkpoint, restart it, and check that the
-//! resumed run logs exactly the losses and evaluations of an uninterrupted one and ends with the
-//! same weights, bit for bit — with an algorithm whose state is tensors (a running average of the
-//! weights that pulls the model toward it) in the checkpoint.
+//! Kill a training run in the middle of the second task of a sequence, damage its newest
+//! checkpoint, restart it, and check that the resumed run logs exactly the losses and
+//! evaluations of an uninterrupted one and ends with the same weights, bit for bit — with
+//! algorithms whose state is tensors in the checkpoint: a test-local running average that pulls
+//! the model toward it, and kiln's SFA, L2 anchor, EMA, SWA and EWC (its Fisher of task 1).
 //!
 //! This file is its own harness (`harness = false` in Cargo.toml): run without arguments it is
 //! the test, which starts itself as a child process (`child RUN_DIR DATA_DIR`) to train a tiny
@@ -19,10 +20,13 @@ use kiln_data::mlm::MlmCollator;
 use kiln_data::packing::{Grouping, PackedSequences, Packing, SequenceStream};
 use kiln_data::shards::{TokenShard, write_shard};
 use kiln_data::tokenizer::{Tokenizer, TokenizerKind};
-use kiln_models::bert::{BertConfig, BertForMaskedLm};
+use kiln_models::bert::{BertConfig, BertForMaskedLm, Padding};
 use kiln_schedules::{DataMix, Duration, LrSchedule, MaskingSchedule};
-use kiln_train::algorithms::{Ema, EmaDecay, L2Anchor, PenaltyScale, Sfa, SfaAnchor, Swa};
-use kiln_train::burn::tensor::{Device, Tensor};
+use kiln_train::algorithms::{
+    Ema, EmaDecay, Ewc, EwcMode, FisherData, FisherEstimator, L2Anchor, PenaltyScale, Sfa,
+    SfaAnchor, Swa,
+};
+use kiln_train::burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_train::params::{float_params, map_float_params};
 use kiln_train::tasks::{MlmTask, MlmTaskConfig};
 use kiln_train::{Algorithm, Context, Event, OptimizerConfig, TensorState, Trainer, TrainerConfig};
@@ -135,6 +139,39 @@ impl Algorithm<BertForMaskedLm> for Pull {
     }
 }
 
+/// EWC's data: every fourth token of a sequence masked, its label the original token.
+struct MaskedRows {
+    seqs: Vec<Vec<u32>>,
+    mask: u32,
+}
+
+impl FisherData<BertForMaskedLm> for MaskedRows {
+    fn len(&self) -> usize {
+        self.seqs.len()
+    }
+    fn forward(
+        &mut self,
+        model: &BertForMaskedLm,
+        r: std::ops::Range<usize>,
+    ) -> Result<(Tensor<2>, Vec<i64>), String> {
+        let (mut input, mut labels) = (Vec::new(), Vec::new());
+        let rows = &self.seqs[r];
+        for s in rows {
+            for (j, &t) in s.iter().enumerate() {
+                let masked = j % 4 == 1;
+                input.push(i64::from(if masked { self.mask } else { t }));
+                labels.push(if masked { i64::from(t) } else { -100 });
+            }
+        }
+        let (b, l) = (rows.len(), rows[0].len());
+        let device = model.decoder_bias.val().device();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(input, [b, l]), &device);
+        let logits = model.forward(ids, None, None, Padding::Padded);
+        let vocab = logits.dims()[2];
+        Ok((logits.reshape([b * l, vocab]), labels))
+    }
+}
+
 fn child(run_dir: &Path, data: &Path, slow_ms: u64) {
     let device = Device::flex().autodiff();
     let tok = Tokenizer::from_file(data.join("tokenizer.json")).unwrap();
@@ -145,16 +182,18 @@ fn child(run_dir: &Path, data: &Path, slow_ms: u64) {
         eos: ids.sep,
         grouping: Grouping::Concat,
     };
-    let streams = Domain::ALL
-        .iter()
-        .map(|d| {
-            let shard = Arc::new(TokenShard::open(data.join(d.name())).unwrap());
-            (
-                d.name().to_owned(),
-                SequenceStream::new(PackedSequences::new(shard, packing).unwrap(), 7),
-            )
-        })
-        .collect();
+    let streams = || {
+        Domain::ALL
+            .iter()
+            .map(|d| {
+                let shard = Arc::new(TokenShard::open(data.join(d.name())).unwrap());
+                (
+                    d.name().to_owned(),
+                    SequenceStream::new(PackedSequences::new(shard, packing).unwrap(), 7),
+                )
+            })
+            .collect()
+    };
     let w = |p: f64, c: f64, a: f64| {
         BTreeMap::from([
             ("prose".to_owned(), p),
@@ -176,7 +215,12 @@ fn child(run_dir: &Path, data: &Path, slow_ms: u64) {
     };
     let mut config = MlmTaskConfig::new(8, SEQ, masking, mix);
     config.seed = 11;
-    let mut task = MlmTask::new(streams, collator, &eval, config, &device).unwrap();
+    let mut task = MlmTask::new(streams(), collator.clone(), &eval, config, &device).unwrap();
+    // Task 1 of the sequence: prose only, 4 steps, its own run directory.
+    let prose = DataMix::constant(w(4.0, 1.0, 1.0));
+    let mut config1 = MlmTaskConfig::new(8, SEQ, MaskingSchedule::Constant { rate: 0.15 }, prose);
+    config1.seed = 3;
+    let mut task1 = MlmTask::new(streams(), collator, &eval, config1, &device).unwrap();
     let config = BertConfig {
         vocab_size: tok.vocab_size(),
         hidden_size: 32,
@@ -200,6 +244,19 @@ fn child(run_dir: &Path, data: &Path, slow_ms: u64) {
     trainer.keep_last_n = 3;
     trainer.seed = 5;
     trainer.progress_bar = false;
+    // EWC's Fisher of task 1 on masked prose (Empirical: feasible per token)
+    let mut ewc = Ewc::new(
+        20.0,
+        PenaltyScale::Half,
+        FisherEstimator::Empirical,
+        EwcMode::Online { gamma: 0.5 },
+        1,
+    )
+    .unwrap();
+    ewc.set_task_data(Box::new(MaskedRows {
+        seqs: eval.clone(),
+        mask: ids.mask.unwrap(),
+    }));
     let mut algorithms: Vec<Box<dyn Algorithm<BertForMaskedLm>>> = vec![
         Box::new(Slow(slow_ms)),
         Box::new(Pull::default()),
@@ -225,7 +282,17 @@ fn child(run_dir: &Path, data: &Path, slow_ms: u64) {
             )
             .unwrap(),
         ),
+        Box::new(ewc),
     ];
+    // Task 1 (resumed as finished on a restart: its FitEnd consolidates EWC again, the same way)
+    let mut first = trainer.clone();
+    first.max_duration = Duration::batches(4);
+    first.eval_interval = None;
+    let model = Trainer::new(first, run_dir.join("task1"))
+        .fit(model, &mut task1, &mut algorithms, &device)
+        .unwrap()
+        .model;
+    // Task 2, the one killed: SFA/L2 anchors at task 1's end, EWC's Fisher of task 1
     let out = Trainer::new(trainer, run_dir)
         .fit(model, &mut task, &mut algorithms, &device)
         .unwrap();
@@ -426,6 +493,8 @@ fn main() {
         "l2_anchor/anchor.",
         "ema/shadow.",
         "swa/average.",
+        "ewc/0.fisher.",
+        "ewc/0.anchor.",
     ] {
         assert!(
             states.names().any(|n| n.starts_with(algorithm)),

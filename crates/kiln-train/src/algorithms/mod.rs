@@ -13,10 +13,16 @@
 //!   decay ([`EmaDecay`]), evaluated in place of the raw weights if asked.
 //! - [`Swa`]: Composer's stochastic weight averaging (a running mean from `start` to `end`, then
 //!   the model replaced by it).
+//! - [`Ewc`]: Elastic Weight Consolidation with the five Fisher estimators of van de Ven
+//!   ([`FisherEstimator`]), separate or online ([`EwcMode`]), avalanche's penalty convention
+//!   selectable ([`PenaltyScale`]).
+//! - [`Replay`]: experience replay of earlier tasks' examples by id, avalanche's
+//!   experience-balanced or reservoir memory ([`ReplayPolicy`]).
 //!
-//! Each keeps one copy of the trainable weights (anchor, shadow or average) on the device,
-//! nothing per step, and checkpoints it (`algorithms.safetensors`), so a resumed run continues
-//! bit for bit.
+//! SFA, L2, EMA and SWA keep one copy of the trainable weights (anchor, shadow or average) on
+//! the device, nothing per step; EWC keeps a Fisher and an anchor per earlier task (one pair in
+//! online mode); replay keeps ids. All of it is checkpointed (`algorithms.safetensors`,
+//! `state.json`), so a resumed run continues bit for bit.
 //!
 //! ```
 //! use kiln_train::algorithms::{L2Anchor, PenaltyScale, Sfa, SfaAnchor};
@@ -35,7 +41,9 @@
 //! **Task sequences.** Use one algorithm object for the whole sequence and call
 //! [`Trainer::fit`](crate::Trainer::fit) once per task: at each fit's start (not a resume) the
 //! SFA and L2 anchors become the model as it is then — the previous task's result; an EMA goes
-//! on averaging across tasks.
+//! on averaging across tasks; SWA averages each task's own run; at each fit's end EWC computes
+//! the task's Fisher (on the data given with [`Ewc::set_task_data`]) and replay adds the
+//! examples the task trained on to its memory.
 //!
 //! **What is averaged.** Trainable parameters only (`require_grad`): frozen ones and buffers do
 //! not move during a task, so averaging would leave them as they are. The optimiser's state is
@@ -52,6 +60,11 @@ use crate::error::{Error, Result};
 use crate::params::{map_float_params, trainable_params};
 use crate::step::TensorState;
 use crate::trainer::{Algorithm, Context, Event};
+
+mod ewc;
+pub use ewc::{Ewc, EwcMode, FisherData, FisherEstimator, fisher_diagonal};
+mod replay;
+pub use replay::{MemoryEntry, Replay, ReplayPolicy, ReplaySource};
 
 /// The model's trainable float parameters, detached (an anchor).
 fn trainable_snapshot<M: Module>(model: &M) -> BTreeMap<String, Tensor<1>> {
@@ -622,8 +635,10 @@ impl<M: Module> Algorithm<M> for Ema<M> {
                 if self.shadow.resumed {
                     self.shadow.fit_start(ctx.model)?;
                 } else if self.started {
-                    // the next task of a sequence: the average goes on
+                    // the next task of a sequence: the average goes on, the update interval
+                    // counts from this task's first step (the step counter starts again)
                     check_anchor(&self.shadow.tensors, ctx.model)?;
+                    self.started_at = ctx.state.step;
                 } else if ctx.state.step >= start {
                     self.shadow.fit_start(ctx.model)?;
                     self.started = true;
@@ -697,6 +712,8 @@ impl<M: Module> Algorithm<M> for Ema<M> {
 /// counts an `ep` interval in epochs at `EPOCH_END`; kiln resolves every duration to steps with
 /// the run's data size, which is the same when `start` falls on an epoch boundary. Composer's
 /// optional SWA learning-rate schedule (`schedule_swa_lr`) is not offered: use the LR schedule.
+/// In a task sequence (one object, one fit per task) each task averages its own run: the
+/// average starts again at every fit that is not a resume.
 ///
 /// ```
 /// use kiln_train::algorithms::Swa;
@@ -798,6 +815,11 @@ impl<M: Module> Algorithm<M> for Swa<M> {
         };
         match event {
             Event::FitStart if self.average.resumed => self.average.fit_start(ctx.model)?,
+            Event::FitStart => {
+                // a new task of a sequence averages its own run (durations are the fit's)
+                self.average.tensors.clear();
+                (self.n, self.counter, self.completed) = (0, 0, false);
+            }
             Event::AfterStep if !self.completed => {
                 let step = ctx.state.step;
                 if step < steps(&self.start)? {
