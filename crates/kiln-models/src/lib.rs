@@ -45,6 +45,7 @@ mod device;
 mod error;
 pub mod generate;
 pub mod gpt2;
+pub mod vision;
 mod weights;
 
 /// The burn version kiln-models is built on (use it to build inputs and read outputs).
