@@ -16,7 +16,9 @@
 //!
 //! [`corpus`] generates three deterministic domains with real structure (prose from a grammar,
 //! Python functions, arithmetic) and a CoLA-like acceptability probe, so everything runs offline
-//! on any machine.
+//! on any machine. [`images`] holds small labelled image sets for classifiers: the UCI
+//! handwritten digits built in (CC BY 4.0), safetensors image files, stratified splits and the
+//! rotations/permutations continual-learning task sequences are made of.
 //!
 //! ```
 //! use std::{collections::BTreeMap, sync::Arc};
@@ -61,6 +63,7 @@
 
 pub mod corpus;
 mod error;
+pub mod images;
 pub mod mixture;
 pub mod mlm;
 pub mod packing;
