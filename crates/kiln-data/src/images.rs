@@ -382,7 +382,10 @@ mod tests {
         // the first image is a 0: a ring, its centre column empty in the middle rows
         assert_eq!(d.label(0), 0);
         let img = d.image(0);
-        assert!(img[3 * 8 + 3] < 0.1 && img[3 * 8 + 4] < 0.1 && img[3 * 8 + 2] > 0.5, "{img:?}");
+        assert!(
+            img[3 * 8 + 3] < 0.1 && img[3 * 8 + 4] < 0.1 && img[3 * 8 + 2] > 0.5,
+            "{img:?}"
+        );
     }
 
     #[test]

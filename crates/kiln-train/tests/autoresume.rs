@@ -253,7 +253,7 @@ fn child(run_dir: &Path, data: &Path, slow_ms: u64) {
         1,
     )
     .unwrap();
-    ewc.set_task_data(Box::new(MaskedRows {
+    ewc.push_task_data(Box::new(MaskedRows {
         seqs: eval.clone(),
         mask: ids.mask.unwrap(),
     }));

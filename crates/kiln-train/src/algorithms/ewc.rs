@@ -308,7 +308,7 @@ struct Term {
 /// paper's form, 1 for avalanche's: [`PenaltyScale`]) and logged as `ewc_penalty`.
 ///
 /// The Fisher is computed at `FitEnd` on the data given to
-/// [`set_task_data`](Self::set_task_data) for that task (or by calling
+/// [`push_task_data`](Self::push_task_data) for that task (or by calling
 /// [`consolidate`](Self::consolidate) yourself). Fisher and anchors are checkpointed, so a
 /// resumed run goes on with them bit for bit.
 ///
@@ -332,7 +332,7 @@ struct Term {
 /// let mut data = Task1 { x, y: vec![0, 1, 1, 0, 1, 0, 0, 1] };
 ///
 /// let mut ewc = Ewc::<Linear>::new(100.0, PenaltyScale::Half, FisherEstimator::Exact, EwcMode::Separate, 0)?;
-/// ewc.consolidate(&model, &mut data)?; // what `FitEnd` does with `set_task_data`
+/// ewc.consolidate(&model, &mut data)?; // what `FitEnd` does with `push_task_data`
 /// assert_eq!(ewc.tasks(), 1);
 /// // at θ* the penalty is 0; it grows as training on task 2 moves the weights
 /// let at_anchor = ewc.penalty(&model).unwrap().unwrap().into_scalar::<f32>();
@@ -348,7 +348,7 @@ pub struct Ewc<M> {
     terms: Vec<Term>,
     /// Tasks consolidated so far.
     consolidated: u64,
-    data: Option<Box<dyn FisherData<M>>>,
+    data: std::collections::VecDeque<Box<dyn FisherData<M>>>,
 }
 
 impl<M> std::fmt::Debug for Ewc<M> {
@@ -404,13 +404,15 @@ impl<M: Module> Ewc<M> {
             seed,
             terms: Vec::new(),
             consolidated: 0,
-            data: None,
+            data: std::collections::VecDeque::new(),
         })
     }
 
-    /// The data of the task about to be trained: its Fisher is computed on it at that fit's end.
-    pub fn set_task_data(&mut self, data: Box<dyn FisherData<M>>) {
-        self.data = Some(data);
+    /// Queues the data of a task: each fit's end takes the next one in the queue and computes
+    /// that task's Fisher on it (push one per task, in the sequence's order, before or between
+    /// fits). A fit that ends with the queue empty consolidates nothing.
+    pub fn push_task_data(&mut self, data: Box<dyn FisherData<M>>) {
+        self.data.push_back(data);
     }
 
     /// Tasks consolidated so far.
@@ -521,7 +523,7 @@ impl<M: Module> Algorithm<M> for Ewc<M> {
                 }
             }
             Event::FitEnd => {
-                if let Some(mut data) = self.data.take() {
+                if let Some(mut data) = self.data.pop_front() {
                     let model = ctx.model.clone();
                     self.consolidate(&model, data.as_mut())
                         .map_err(|e| e.to_string())?;

@@ -42,7 +42,7 @@
 //! [`Trainer::fit`](crate::Trainer::fit) once per task: at each fit's start (not a resume) the
 //! SFA and L2 anchors become the model as it is then — the previous task's result; an EMA goes
 //! on averaging across tasks; SWA averages each task's own run; at each fit's end EWC computes
-//! the task's Fisher (on the data given with [`Ewc::set_task_data`]) and replay adds the
+//! the task's Fisher (on the data given with [`Ewc::push_task_data`]) and replay adds the
 //! examples the task trained on to its memory.
 //!
 //! **What is averaged.** Trainable parameters only (`require_grad`): frozen ones and buffers do

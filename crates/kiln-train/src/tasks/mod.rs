@@ -1,6 +1,7 @@
 //! Ready-made tasks for kiln-models: masked-LM pretraining of (Mosaic)BERT with a masking-rate
-//! schedule over a domain mixture, sequence-classification fine-tuning, and causal language
-//! modelling on GPT-2 (full or LoRA fine-tuning).
+//! schedule over a domain mixture, sequence-classification fine-tuning, causal language
+//! modelling on GPT-2 (full or LoRA fine-tuning), and image classification on kiln-models'
+//! vision classifiers with the replay and Fisher sources continual learning needs.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,11 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::step::{ModelInputs, Predictions, RunPlan, StepOutput};
 use crate::trainer::{BatchSize, DataSize, TrainState, TrainTask};
+
+mod images;
+pub use images::{
+    ImageClassificationTask, ImageFisherData, ImageReplaySource, evaluate_images, image_batch,
+};
 
 fn ints(v: &[i64], shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
     Tensor::from_data(TensorData::new(v.to_vec(), shape), device)
