@@ -76,6 +76,11 @@ pub(crate) fn run_ci(no_test: bool) -> Result {
         &["xtask", "repro", "lora", "--quick", "--out", out_str],
         &[],
     )?;
+    run(
+        "cargo",
+        &["xtask", "repro", "sfa", "--quick", "--out", out_str],
+        &[],
+    )?;
     let _ = std::fs::remove_dir_all(&out);
     eprintln!("xtask ci: all checks passed");
     Ok(())

@@ -11,17 +11,21 @@
 //!                                            dynamic masking-rate schedules (Ankner et al.) at small scale
 //! cargo xtask repro lora [--quick] [--out DIR]
 //!                                            "LoRA Learns Less and Forgets Less" (Biderman et al.) at small scale
+//! cargo xtask repro sfa [--quick] [--out DIR]
+//!                                            "Soup to go" (SFA vs L2/EWC/replay/merges, Kleiman et al.) at small scale
 //! cargo xtask gpu-check build|cpu|lavapipe offline CUDA build of kiln-gpu-check (docs/GPU.md) / its CPU half / on lavapipe
 //! cargo xtask bench scaling                  criterion benches + the scipy anchor → docs/BENCHMARKS.md
 //! cargo xtask bench train                   one tiny-BERT training step: burn flex vs PyTorch CPU
 //! cargo xtask bench merge                    kiln merge vs mergekit on GPT-2-medium-sized checkpoints
 //! cargo xtask bench models                   burn flex vs PyTorch CPU tokens/s (GPT-2 small, BERT-base)
+//! cargo xtask bench continual                per-step overhead of SFA/EMA/L2/EWC/replay on GPT-2 small
 //! cargo xtask profile train|models [--before REV]
 //!                                            where a CPU step's time goes (perf; torch.profiler) → docs/BENCHMARKS.md
 //! cargo xtask flex-patch test|bench          a burn-flex patch prepared for upstream: tested / measured
 //! ```
 
 mod bench;
+mod bench_continual;
 mod bench_lora;
 mod bench_merge;
 mod bench_models;
@@ -33,6 +37,7 @@ mod profile;
 mod repro_lora;
 mod repro_masking;
 mod repro_scaling;
+mod repro_sfa;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -62,6 +67,15 @@ commands:
                                     learning (target loss), forgetting (prose loss), rank@0.9 of the full
                                     fine-tune's ΔW over training → DIR (default docs/reproductions): lora.md +
                                     4 SVGs (--quick: code only, 2 LoRA configurations, 1 LR each, 40 steps)
+  repro sfa [--quick] [--out DIR] [--device cpu|cuda[:N]] [--seeds N] [--image-model mlp|resnet|vit]
+                                    continual learning on two 3-task sequences — UCI digits (original →
+                                    rotated 90° → permuted pixels) on a kiln-models classifier, and a small
+                                    GPT-2 pretrained on prose then fine-tuned on code → arithmetic → legal
+                                    clauses — with plain fine-tuning, SFA (β × p grid), L2, EWC, replay,
+                                    TA/TIES merges (independent and sequential), WiSE-FT and a multi-task
+                                    bound, over N seeds (default 3; λs and coefficients chosen on validation
+                                    data) → DIR (default docs/reproductions): sfa.md + heatmaps, β×p grids and
+                                    a retention plot (--quick: 1 seed, 2 SFA settings, tiny runs)
   gpu-check build                   build kiln-gpu-check for CUDA without network (DOCS_RS=1, NVRTC kernels,
                                     LLVM symbols stubbed; see docs/GPU.md) into gpu-check/, with fusion
                                     and without (kiln-gpu-check-no-fusion, for --no-fusion-binary)
@@ -75,6 +89,9 @@ commands:
                                     LoRA step vs full fine-tuning beside PyTorch + PEFT → docs/BENCHMARKS.md
   bench models                      tokens/s of GPT-2-small and BERT-base on the CPU (forward, forward+backward),
                                     beside PyTorch → docs/BENCHMARKS.md
+  bench continual                   the per-step time and memory of SFA, EMA, L2, EWC and replay beside plain
+                                    fine-tuning on the GPT-2-small layout, through the trainer (3 alternating
+                                    runs per method) → docs/BENCHMARKS.md
   bench train                       one training step of a tiny BERT (forward, MLM loss, backward, clipping,
                                     AdamW) on the CPU, beside PyTorch → docs/BENCHMARKS.md
   profile train|models [--before REV]
@@ -101,11 +118,13 @@ fn main() -> ExitCode {
         ["repro", "scaling", rest @ ..] => repro_scaling::command(rest),
         ["repro", "masking", rest @ ..] => repro_masking::command(rest),
         ["repro", "lora", rest @ ..] => repro_lora::command(rest),
+        ["repro", "sfa", rest @ ..] => repro_sfa::command(rest),
         ["bench", "scaling", rest @ ..] => bench::scaling(rest),
         ["bench", "merge", rest @ ..] => bench_merge::merge(rest),
         ["bench", "lora", rest @ ..] => bench_lora::lora(rest),
         ["bench", "models", rest @ ..] => bench_models::models(rest),
         ["bench", "train", rest @ ..] => bench_train::train(rest),
+        ["bench", "continual", rest @ ..] => bench_continual::continual(rest),
         ["profile", rest @ ..] => profile::command(rest),
         ["flex-patch", rest @ ..] => flex_patch::command(rest),
         ["help" | "--help" | "-h"] | [] => {
