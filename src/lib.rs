@@ -24,22 +24,28 @@
 //! - [`checkpoint`] (`kiln-checkpoint`): memory-mapped safetensors directories, dtype conversion,
 //!   atomic sharded output.
 //! - [`models`] (`kiln-models`): GPT-2 / BioMedLM and BERT / MosaicBERT on burn, loading Hugging
-//!   Face checkpoints with logits parity.
+//!   Face checkpoints with logits parity; small image classifiers (MLP, ResNet, ViT).
 //! - [`data`] (`kiln-data`): tokenizers (load or train offline), memory-mapped token shards,
-//!   packing, deterministic shuffles, domain mixtures, BERT MLM collation, built-in corpora.
+//!   packing, deterministic shuffles, domain mixtures, BERT MLM collation, built-in corpora, the
+//!   UCI digits.
 //! - [`schedules`] (`kiln-schedules`): Composer-style durations (`100ba`, `0.1dur`, `1ep`,
 //!   `2e9tok`), LR multipliers, MLM masking-rate and data-mix schedules.
 //! - [`train`] (`kiln-train`): the training loop — events and algorithms, AdamW/Lion with
 //!   Composer's decoupled weight decay, accumulation, clipping, evaluation, metrics, exact
-//!   autoresume from atomic checkpoints.
+//!   autoresume from atomic checkpoints; continual learning (SFA, EMA, SWA, L2, EWC, replay,
+//!   task sequences).
 //! - [`lora`] (`kiln-lora`): PEFT adapter directories read, written and merged into
-//!   checkpoints; adapters extracted from fine-tuned checkpoints by SVD; the spectrum of ΔW.
+//!   checkpoints; adapters extracted from fine-tuned checkpoints by SVD; the spectrum of ΔW;
+//!   adapters trained on kiln's GPT-2.
+//! - [`distill`] (`kiln-distill`): knowledge-distillation losses (KL, JSD, TVD, sparse top-k KL)
+//!   and a distillation algorithm with live, checkpoint and ensemble teachers.
 //!
-//! LoRA training, distillation and scoring are being built; see the README for what
+//! Example-difficulty scoring and the diffusion models are being built; see the README for what
 //! exists today.
 
 pub use kiln_checkpoint as checkpoint;
 pub use kiln_data as data;
+pub use kiln_distill as distill;
 pub use kiln_lora as lora;
 pub use kiln_merging as merging;
 pub use kiln_models as models;

@@ -670,6 +670,18 @@ impl Gpt2LmHead {
         input_ids: Tensor<2, Int>,
         attention_mask: Option<Tensor<2, Int>>,
     ) -> Tensor<1> {
+        self.loss_with_logits(input_ids, attention_mask).0
+    }
+
+    /// [`loss`](Self::loss) with the logits it came from: `(loss, logits [B·(L−1), vocab],
+    /// targets [B·(L−1)])`, row `b·(L−1) + i` predicting token `i + 1` of sequence `b`, the
+    /// target [`IGNORE_INDEX`](crate::bert::IGNORE_INDEX) where that token is padding — what a
+    /// distillation teacher is compared on.
+    pub fn loss_with_logits(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2, Int>>,
+    ) -> (Tensor<1>, Tensor<2>, Tensor<1, Int>) {
         let [b, l] = input_ids.dims();
         let logits = self.forward(input_ids.clone(), attention_mask.clone(), None);
         let v = logits.dims()[2];
@@ -678,11 +690,11 @@ impl Gpt2LmHead {
             Some(m) => m.narrow(1, 1, l - 1).reshape([n]).float(),
             None => Tensor::ones([n], &logits.device()),
         };
-        weighted_cross_entropy(
-            logits.narrow(1, 0, l - 1).reshape([n, v]),
-            input_ids.narrow(1, 1, l - 1).reshape([n]),
-            weights,
-        )
+        let rows = logits.narrow(1, 0, l - 1).reshape([n, v]);
+        let next = input_ids.narrow(1, 1, l - 1).reshape([n]);
+        let loss = weighted_cross_entropy(rows.clone(), next.clone(), weights.clone());
+        let targets = next.mask_fill(weights.equal_elem(0.0), crate::bert::IGNORE_INDEX);
+        (loss, rows, targets)
     }
 
     /// Loads a Hugging Face `GPT2LMHeadModel` directory.

@@ -785,13 +785,18 @@ impl TrainTask<Gpt2LmHead> for CausalLmTask {
         ))
     }
 
-    /// The mean next-token cross-entropy over real targets, the inputs and the sequences' indices.
+    /// The mean next-token cross-entropy over real targets, the next-token logits with their
+    /// targets (row `b·(L−1) + i` predicts token `i + 1` of sequence `b`; padding targets are
+    /// [`IGNORE_INDEX`](crate::IGNORE_INDEX)), the inputs and the sequences' indices.
     fn forward(&mut self, model: &Gpt2LmHead, idx: Vec<usize>) -> Result<StepOutput> {
         self.check(model)?;
         let rows: Vec<&Vec<u32>> = idx.iter().map(|&i| &self.train[i]).collect();
         let (ids, mask) = Self::pad(&rows, &self.device);
-        let loss = model.loss(ids.clone(), Some(mask.clone()));
+        let (loss, logits, targets) = model.loss_with_logits(ids.clone(), Some(mask.clone()));
+        let per_seq = ids.dims()[1] - 1;
+        let example_of_row = (0..logits.dims()[0]).map(|r| r / per_seq).collect();
         Ok(StepOutput::new(loss)
+            .with_predictions(Predictions::rows(logits, targets, example_of_row)?)
             .with_inputs(ModelInputs {
                 input_ids: ids,
                 attention_mask: Some(mask),

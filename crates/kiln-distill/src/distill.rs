@@ -1,0 +1,320 @@
+//! Distillation as a kiln-train algorithm: at `AfterLoss`, inside a window of the run and every
+//! n-th step, the teacher's logits for the micro-batch are compared with the student's and the
+//! loss becomes `ce_weight·loss + kd_weight·T²·D`.
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use kiln_train::{Algorithm, Context, Event, IGNORE_INDEX, StepOutput};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::loss::KdLoss;
+
+/// A teacher: logits for the rows of a student's micro-batch.
+pub trait Teacher {
+    /// `[N, C]` logits aligned with the student's prediction rows (`output.predictions`), on
+    /// `device` (the student's), as constants. Reads the inputs (`output.inputs`) for a live
+    /// model, or the example ids (`output.example_ids`) for cached logits. `call` counts the
+    /// teacher's calls over the run (checkpointed by [`Distill`]): randomness keyed on it
+    /// survives a resume.
+    ///
+    /// # Errors
+    /// A message (missing inputs, a vocabulary or row count that does not fit).
+    fn logits(
+        &mut self,
+        output: &StepOutput,
+        device: &Device,
+        call: u64,
+    ) -> std::result::Result<Tensor<2>, String>;
+
+    /// Floating-point operations of the last call's forward, if known (logged per step).
+    fn last_flops(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// Several teachers: one sampled per call (O(1) cost: the cheap ensemble of Blakeney et al.) or
+/// their logits averaged (every member runs).
+pub struct Ensemble {
+    members: Vec<Box<dyn Teacher>>,
+    mode: EnsembleMode,
+    last: Option<usize>,
+}
+
+/// How an [`Ensemble`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnsembleMode {
+    /// One member per call, drawn from `seed` and the call's index.
+    Sample {
+        /// Seed of the draw.
+        seed: u64,
+    },
+    /// The mean of every member's logits.
+    Average,
+}
+
+impl Ensemble {
+    /// An ensemble of `members`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for no member.
+    pub fn new(members: Vec<Box<dyn Teacher>>, mode: EnsembleMode) -> Result<Self> {
+        if members.is_empty() {
+            return Err(Error::Config {
+                message: "an ensemble needs at least one teacher".into(),
+            });
+        }
+        Ok(Self {
+            members,
+            mode,
+            last: None,
+        })
+    }
+
+    /// The member the `call`-th sampled call uses.
+    pub fn sampled(&self, seed: u64, call: u64) -> usize {
+        // splitmix64 of (seed, call): uniform enough for a handful of members
+        let mut z = seed ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z % self.members.len() as u64) as usize
+    }
+}
+
+impl Teacher for Ensemble {
+    fn logits(
+        &mut self,
+        output: &StepOutput,
+        device: &Device,
+        call: u64,
+    ) -> std::result::Result<Tensor<2>, String> {
+        match self.mode {
+            EnsembleMode::Sample { seed } => {
+                let i = self.sampled(seed, call);
+                self.last = Some(i);
+                self.members[i].logits(output, device, call)
+            }
+            EnsembleMode::Average => {
+                self.last = None;
+                let n = self.members.len() as f64;
+                let mut sum: Option<Tensor<2>> = None;
+                for m in &mut self.members {
+                    let l = m.logits(output, device, call)?;
+                    sum = Some(match sum {
+                        Some(s) => s + l,
+                        None => l,
+                    });
+                }
+                Ok(sum.expect("at least one member").div_scalar(n))
+            }
+        }
+    }
+
+    fn last_flops(&self) -> Option<f64> {
+        match self.last {
+            Some(i) => self.members[i].last_flops(),
+            None => self.members.iter().map(|m| m.last_flops()).sum(),
+        }
+    }
+}
+
+/// When distillation runs: between `start` and `end` (fractions of the run, Composer's `dur`),
+/// every `every`-th step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    /// First step (as a fraction of the run, inclusive).
+    pub start: f64,
+    /// Last step (as a fraction of the run, inclusive).
+    pub end: f64,
+    /// Distil every n-th step of the window (1: every step).
+    pub every: u64,
+}
+
+impl Window {
+    /// The whole run, every step.
+    pub fn always() -> Self {
+        Self {
+            start: 0.0,
+            end: 1.0,
+            every: 1,
+        }
+    }
+
+    /// Whether step `step` (1-based) of a run of `total` steps distils: ⌈start·T⌉ ≤ step ≤
+    /// ⌊end·T⌋ (with step ≥ 1), and (step − first) a multiple of `every`.
+    pub fn active(&self, step: u64, total: u64) -> bool {
+        let first = ((self.start * total as f64).ceil() as u64).max(1);
+        let last = (self.end * total as f64).floor() as u64;
+        step >= first && step <= last && (step - first).is_multiple_of(self.every)
+    }
+}
+
+/// The distillation algorithm. Logged per step: `kd_loss` (the divergence term before its weight),
+/// `teacher_forwards` (cumulative), `teacher_seconds` (this step) and `teacher_flops` (this step,
+/// when the teacher knows it). The counters are checkpointed.
+pub struct Distill {
+    loss: KdLoss,
+    teacher: Box<dyn Teacher>,
+    window: Window,
+    forwards: u64,
+    seconds: f64,
+}
+
+impl Distill {
+    /// Distils from `teacher` with `loss` inside `window`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for negative weights, T ≤ 0, a window outside [0, 1] or `every` = 0.
+    pub fn new(loss: KdLoss, teacher: Box<dyn Teacher>, window: Window) -> Result<Self> {
+        let bad = |message: String| Err(Error::Config { message });
+        if !(loss.ce_weight >= 0.0 && loss.kd_weight >= 0.0) {
+            return bad(format!(
+                "weights must be ≥ 0 (ce_weight {}, kd_weight {})",
+                loss.ce_weight, loss.kd_weight
+            ));
+        }
+        if !(loss.temperature.is_finite() && loss.temperature > 0.0) {
+            return bad(format!("temperature {} must be positive", loss.temperature));
+        }
+        if !(0.0..=1.0).contains(&window.start)
+            || !(0.0..=1.0).contains(&window.end)
+            || window.start > window.end
+            || window.every == 0
+        {
+            return bad(format!(
+                "the window {}..{} every {} must lie in [0, 1], start ≤ end, every ≥ 1",
+                window.start, window.end, window.every
+            ));
+        }
+        Ok(Self {
+            loss,
+            teacher,
+            window,
+            forwards: 0,
+            seconds: 0.0,
+        })
+    }
+
+    /// Teacher calls so far.
+    pub fn teacher_forwards(&self) -> u64 {
+        self.forwards
+    }
+
+    /// Seconds spent in the teacher so far (this process).
+    pub fn teacher_seconds(&self) -> f64 {
+        self.seconds
+    }
+}
+
+/// 1 for rows whose target counts, 0 for [`IGNORE_INDEX`] rows.
+fn row_weights(targets: &Tensor<1, Int>) -> Tensor<1> {
+    targets.clone().not_equal_elem(IGNORE_INDEX).float()
+}
+
+impl<M> Algorithm<M> for Distill {
+    fn name(&self) -> &str {
+        "distill"
+    }
+
+    fn on_event(
+        &mut self,
+        event: Event,
+        ctx: &mut Context<'_, M>,
+    ) -> std::result::Result<(), String> {
+        if event != Event::AfterLoss || !self.window.active(ctx.state.step + 1, ctx.run.total_steps)
+        {
+            return Ok(());
+        }
+        let out = ctx
+            .output
+            .as_deref_mut()
+            .ok_or("distillation: no step output at AfterLoss")?;
+        let predictions = out.predictions.clone().ok_or(
+            "distillation needs the student's logits: the task's forward must return predictions (StepOutput::with_predictions)",
+        )?;
+        let device = predictions.logits.device();
+        let started = Instant::now();
+        let teacher = self.teacher.logits(out, &device, self.forwards)?;
+        let seconds = started.elapsed().as_secs_f64();
+        self.forwards += 1;
+        self.seconds += seconds;
+        let weights = row_weights(&predictions.targets);
+        let d = crate::loss::divergence(
+            predictions.logits.clone(),
+            teacher,
+            Some(weights),
+            self.loss.temperature,
+            self.loss.divergence,
+        )
+        .map_err(|e| e.to_string())?;
+        let value = d
+            .clone()
+            .into_data()
+            .convert::<f64>()
+            .try_to_vec::<f64>()
+            .map_or(f64::NAN, |v| v[0]);
+        let t2 = self.loss.temperature * self.loss.temperature;
+        out.loss = out.loss.clone().mul_scalar(self.loss.ce_weight)
+            + d.mul_scalar(self.loss.kd_weight * t2);
+        ctx.metrics.insert("kd_loss".into(), value);
+        ctx.metrics
+            .insert("teacher_forwards".into(), self.forwards as f64);
+        ctx.metrics.insert("teacher_seconds".into(), seconds);
+        if let Some(f) = self.teacher.last_flops() {
+            ctx.metrics.insert("teacher_flops".into(), f);
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Value {
+        json!({"teacher_forwards": self.forwards})
+    }
+
+    fn load_state(&mut self, state: &Value) -> std::result::Result<(), String> {
+        self.forwards = state["teacher_forwards"]
+            .as_u64()
+            .ok_or("distillation state without `teacher_forwards`")?;
+        Ok(())
+    }
+}
+
+/// Logits rows from plain data (tests, a precomputed teacher): row `i` of `rows` is the teacher's
+/// logits for example id `i`'s row.
+pub struct TableTeacher {
+    rows: Vec<Vec<f32>>,
+}
+
+impl TableTeacher {
+    /// A teacher answering example id `i` with `rows[i]` (one row per example: a classifier).
+    pub fn new(rows: Vec<Vec<f32>>) -> Self {
+        Self { rows }
+    }
+}
+
+impl Teacher for TableTeacher {
+    fn logits(
+        &mut self,
+        output: &StepOutput,
+        device: &Device,
+        _: u64,
+    ) -> std::result::Result<Tensor<2>, String> {
+        let ids = output
+            .example_ids
+            .as_ref()
+            .ok_or("a table teacher reads example ids: the task must report them")?;
+        let c = self.rows.first().map_or(0, Vec::len);
+        let mut v = Vec::with_capacity(ids.len() * c);
+        for &id in ids {
+            let row = self.rows.get(id as usize).ok_or_else(|| {
+                format!("no teacher row for example {id} ({} rows)", self.rows.len())
+            })?;
+            v.extend_from_slice(row);
+        }
+        Ok(Tensor::<2>::from_data(
+            TensorData::new(v, [ids.len(), c]),
+            device,
+        ))
+    }
+}
