@@ -8,8 +8,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_train::{Algorithm, Context, Event, IGNORE_INDEX, StepOutput};
 use serde_json::{Value, json};
 
+use crate::cache::TopKCache;
 use crate::error::{Error, Result};
-use crate::loss::KdLoss;
+use crate::loss::{Divergence, KdLoss, Missing, sparse_forward_kl};
 
 /// A teacher: logits for the rows of a student's micro-batch.
 pub trait Teacher {
@@ -156,10 +157,16 @@ impl Window {
 /// when the teacher knows it). The counters are checkpointed.
 pub struct Distill {
     loss: KdLoss,
-    teacher: Box<dyn Teacher>,
+    source: Source,
     window: Window,
     forwards: u64,
     seconds: f64,
+}
+
+/// Where the teacher's distribution comes from.
+enum Source {
+    Live(Box<dyn Teacher>),
+    Cached(Box<TopKCache>, Missing),
 }
 
 impl Distill {
@@ -168,6 +175,44 @@ impl Distill {
     /// # Errors
     /// [`Error::Config`] for negative weights, T ≤ 0, a window outside [0, 1] or `every` = 0.
     pub fn new(loss: KdLoss, teacher: Box<dyn Teacher>, window: Window) -> Result<Self> {
+        Self::with_source(loss, Source::Live(teacher), window)
+    }
+
+    /// Distils from a teacher's cached top-k ([`TopKCache`], made by a capture pass) with the
+    /// sparse forward KL, `missing` deciding the tail; the examples are found by the step
+    /// output's example ids, so the cache follows the data order, shuffles and resumes included.
+    /// Check the cache against the run's data first ([`TopKCache::check`]).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new); [`Error::Config`] when `loss` is not the forward KL or its
+    /// temperature is not the cache's.
+    pub fn cached(
+        loss: KdLoss,
+        cache: TopKCache,
+        missing: Missing,
+        window: Window,
+    ) -> Result<Self> {
+        if loss.divergence != Divergence::ForwardKl {
+            return Err(Error::Config {
+                message: format!(
+                    "a top-k cache gives the forward KL only ({:?} needs the teacher's whole distribution: use a live teacher)",
+                    loss.divergence
+                ),
+            });
+        }
+        let t = cache.spec().temperature;
+        if (loss.temperature - t).abs() > 1e-12 {
+            return Err(Error::Config {
+                message: format!(
+                    "the cache holds log-probabilities at temperature {t}, the loss asks for {}: capture the cache at the run's temperature",
+                    loss.temperature
+                ),
+            });
+        }
+        Self::with_source(loss, Source::Cached(Box::new(cache), missing), window)
+    }
+
+    fn with_source(loss: KdLoss, source: Source, window: Window) -> Result<Self> {
         let bad = |message: String| Err(Error::Config { message });
         if !(loss.ce_weight >= 0.0 && loss.kd_weight >= 0.0) {
             return bad(format!(
@@ -190,7 +235,7 @@ impl Distill {
         }
         Ok(Self {
             loss,
-            teacher,
+            source,
             window,
             forwards: 0,
             seconds: 0.0,
@@ -235,20 +280,40 @@ impl<M> Algorithm<M> for Distill {
             "distillation needs the student's logits: the task's forward must return predictions (StepOutput::with_predictions)",
         )?;
         let device = predictions.logits.device();
+        let weights = row_weights(&predictions.targets);
         let started = Instant::now();
-        let teacher = self.teacher.logits(out, &device, self.forwards)?;
+        let (d, flops) = match &mut self.source {
+            Source::Live(teacher) => {
+                let logits = teacher.logits(out, &device, self.forwards)?;
+                let d = crate::loss::divergence(
+                    predictions.logits.clone(),
+                    logits,
+                    Some(weights),
+                    self.loss.temperature,
+                    self.loss.divergence,
+                )
+                .map_err(|e| e.to_string())?;
+                (d, teacher.last_flops())
+            }
+            Source::Cached(cache, missing) => {
+                let ids = out.example_ids.as_ref().ok_or(
+                    "a cached teacher finds examples by id: the task must report them (StepOutput::with_example_ids)",
+                )?;
+                let sparse = cache.rows(ids, &device).map_err(|e| e.to_string())?;
+                let d = sparse_forward_kl(
+                    predictions.logits.clone(),
+                    &sparse,
+                    Some(weights),
+                    self.loss.temperature,
+                    *missing,
+                )
+                .map_err(|e| e.to_string())?;
+                (d, None)
+            }
+        };
         let seconds = started.elapsed().as_secs_f64();
         self.forwards += 1;
         self.seconds += seconds;
-        let weights = row_weights(&predictions.targets);
-        let d = crate::loss::divergence(
-            predictions.logits.clone(),
-            teacher,
-            Some(weights),
-            self.loss.temperature,
-            self.loss.divergence,
-        )
-        .map_err(|e| e.to_string())?;
         let value = d
             .clone()
             .into_data()
@@ -262,7 +327,7 @@ impl<M> Algorithm<M> for Distill {
         ctx.metrics
             .insert("teacher_forwards".into(), self.forwards as f64);
         ctx.metrics.insert("teacher_seconds".into(), seconds);
-        if let Some(f) = self.teacher.last_flops() {
+        if let Some(f) = flops {
             ctx.metrics.insert("teacher_flops".into(), f);
         }
         Ok(())

@@ -10,6 +10,14 @@ pub enum Error {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// A teacher-logit cache that cannot be read or written.
+    #[error("distillation cache {}: {message}", path.display())]
+    Cache {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// Student and teacher outputs that do not fit together.
     #[error("distillation: {message}")]
     Mismatch {

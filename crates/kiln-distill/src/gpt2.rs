@@ -110,3 +110,71 @@ impl Teacher for Gpt2Teacher {
         self.flops
     }
 }
+
+/// Captures `teacher`'s top-k log-probabilities over `seqs` (every sequence of the same length
+/// L; L − 1 rows each, the rows `CausalLmTask` hands out) into a cache at `dir`, in batches of
+/// `batch` sequences, calling `progress(done, total)` after each. `spec.vocab_size` and
+/// `spec.rows_per_example` must be the teacher's and L − 1. Example `i` of the cache is
+/// `seqs[i]`: the run must use the same sequences in the same order as its training set (the
+/// data fingerprint checks it).
+///
+/// # Errors
+/// [`Error::Config`] for sequences of other lengths, an empty set or a spec that does not fit
+/// the teacher; the cache's errors.
+pub fn capture(
+    teacher: &mut Gpt2Teacher,
+    seqs: &[Vec<u32>],
+    spec: crate::cache::CacheSpec,
+    dir: impl AsRef<Path>,
+    batch: usize,
+    force: bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<std::path::PathBuf> {
+    let bad = |message: String| Err(Error::Config { message });
+    let Some(first) = seqs.first() else {
+        return bad("capture: no sequence".into());
+    };
+    let l = first.len();
+    if l < 2 || batch == 0 {
+        return bad(format!(
+            "capture: sequences of {l} tokens (need ≥ 2) or a zero batch"
+        ));
+    }
+    if let Some(i) = seqs.iter().position(|s| s.len() != l) {
+        return bad(format!(
+            "capture: sequence {i} has {} tokens, the first {l}; a cache holds one length (pack the data first)",
+            seqs[i].len()
+        ));
+    }
+    if spec.vocab_size != teacher.vocab_size() || spec.rows_per_example != l - 1 {
+        return bad(format!(
+            "capture: the spec says vocabulary {} and {} rows per example; the teacher has {} and the sequences give {}",
+            spec.vocab_size,
+            spec.rows_per_example,
+            teacher.vocab_size(),
+            l - 1
+        ));
+    }
+    let device = kiln_train::params::float_params(&teacher.model)
+        .first()
+        .map_or_else(Device::flex, |(_, t)| t.device());
+    let mut w = crate::cache::CacheWriter::create(dir, spec, force)?;
+    for (c, chunk) in seqs.chunks(batch).enumerate() {
+        let ids: Vec<i64> = chunk.iter().flatten().map(|&t| i64::from(t)).collect();
+        let ids = Tensor::<2, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(ids, [chunk.len(), l]),
+            &device,
+        );
+        let logits = teacher.model.forward(ids, None, None);
+        let v = logits.dims()[2];
+        for (i, s) in chunk.iter().enumerate() {
+            let rows = logits
+                .clone()
+                .slice([i..i + 1, 0..l - 1, 0..v])
+                .reshape([l - 1, v]);
+            w.push(s, rows)?;
+        }
+        progress((c * batch + chunk.len()).min(seqs.len()), seqs.len());
+    }
+    w.finish()
+}

@@ -16,6 +16,9 @@
 //!   kiln-train checkpoint ([`gpt2::Gpt2Teacher`], feature `models`, vocabularies checked), an
 //!   [`Ensemble`] (one member sampled per step, or their logits averaged), or any
 //!   implementation of the trait.
+//! - [`cache`]: a teacher's top-k log-probabilities captured once into memory-mapped shards with
+//!   a manifest ([`CacheWriter`], [`gpt2::capture`]) and read back by example id
+//!   ([`TopKCache`], [`Distill::cached`]), checked against the run's data, vocabulary and k.
 //!
 //! ```
 //! use kiln_distill::burn::tensor::{Device, Tensor};
@@ -41,6 +44,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod distill;
 mod error;
 #[cfg(feature = "models")]
@@ -48,6 +52,7 @@ pub mod gpt2;
 pub mod loss;
 
 pub use burn;
+pub use cache::{CacheSpec, CacheWriter, CachedRow, LogProbDtype, TopKCache, fingerprint};
 pub use distill::{Distill, Ensemble, EnsembleMode, TableTeacher, Teacher, Window};
 pub use error::{Error, Result};
 pub use loss::{

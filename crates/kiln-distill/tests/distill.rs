@@ -32,6 +32,17 @@ fn seqs(n: usize, salt: u32) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// burn's generator is per process and the trainer reseeds it every step: tests that build
+/// models from it or train run one at a time (they run in parallel threads otherwise, and an
+/// interleaved seed or draw would change a model).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn model(seed: u64, vocab: usize) -> Gpt2LmHead {
     let d = Device::flex().autodiff();
     d.seed(seed);
@@ -109,6 +120,7 @@ fn run(
 
 #[test]
 fn the_window_counts_teacher_forwards_exactly_and_a_resumed_run_is_identical() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     // steps 5..=15 of 20, every 2nd: 5, 7, 9, 11, 13, 15
     let window = Window {
@@ -156,6 +168,7 @@ fn the_window_counts_teacher_forwards_exactly_and_a_resumed_run_is_identical() {
 
 #[test]
 fn the_objective_is_the_weighted_sum_and_distillation_moves_the_student() {
+    let _serial = serial();
     // one micro-batch by hand: ce_weight·CE + kd_weight·T²·KL(t‖s)
     let d = Device::flex().autodiff();
     let (student, teacher) = (model(2, 97), model(1, 97));
@@ -205,6 +218,7 @@ fn output(n: usize) -> StepOutput {
 
 #[test]
 fn ensembles_average_their_members_or_sample_one() {
+    let _serial = serial();
     let d = Device::flex();
     let members = || -> Vec<Box<dyn Teacher>> {
         vec![
@@ -245,6 +259,7 @@ fn ensembles_average_their_members_or_sample_one() {
 
 #[test]
 fn a_teacher_with_another_vocabulary_is_refused_by_name() {
+    let _serial = serial();
     let d = Device::flex().autodiff();
     let student = model(2, 97);
     let mut task = CausalLmTask::new(seqs(4, 0), seqs(4, 5), 4, 0, &d).unwrap();

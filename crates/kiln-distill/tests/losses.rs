@@ -271,3 +271,75 @@ fn mismatched_inputs_are_errors() {
         .to_string();
     assert!(e.contains("β 1.5"), "{e}");
 }
+
+#[test]
+fn with_missing_uniform_the_tail_mass_is_spread_exactly_over_the_other_classes() {
+    // The uniform sparse KL is the dense KL against the implied teacher: top-k probabilities,
+    // and tail/(C − k) on every other class — whose masses add up to Σ top-k p + tail.
+    let f = fixture();
+    let c = lm_case(&f);
+    let k = 3;
+    let e = &f["sparse_kl"]["3"];
+    let (idx, lp, tail) = (
+        ints(&e["indices"]),
+        floats(&e["log_probs"]),
+        floats(&e["tail"]),
+    );
+    let mut implied = vec![0f32; c.rows * c.classes];
+    for r in 0..c.rows {
+        let q = tail[r] / (c.classes - k) as f32;
+        for j in 0..c.classes {
+            implied[r * c.classes + j] = q;
+        }
+        let mut top = 0.0f32;
+        for m in 0..k {
+            let p = lp[r * k + m].exp();
+            implied[r * c.classes + idx[r * k + m] as usize] = p;
+            top += p;
+        }
+        let total: f32 = implied[r * c.classes..(r + 1) * c.classes].iter().sum();
+        assert!(
+            (total - (top + tail[r])).abs() < 1e-6,
+            "row {r}: {total} vs {}",
+            top + tail[r]
+        );
+    }
+    let teacher = SparseTeacher {
+        indices: Tensor::<2, Int>::from_data(TensorData::new(idx, [c.rows, k]), &c.device),
+        log_probs: Tensor::<2>::from_data(TensorData::new(lp, [c.rows, k]), &c.device),
+        tail: Tensor::<1>::from_data(TensorData::new(tail, [c.rows]), &c.device),
+    };
+    let sparse = sparse_forward_kl(
+        c.student(),
+        &teacher,
+        Some(c.weights()),
+        1.0,
+        Missing::Uniform,
+    )
+    .unwrap()
+    .into_scalar::<f32>();
+    // dense KL(implied ‖ student) by hand
+    let ls = kiln_distill::burn::tensor::activation::log_softmax(c.student(), 1)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let (mut sum, mut n) = (0.0f64, 0.0f64);
+    for r in 0..c.rows {
+        if c.weights[r] == 0.0 {
+            continue;
+        }
+        for j in 0..c.classes {
+            let p = f64::from(implied[r * c.classes + j]);
+            if p > 0.0 {
+                sum += p * (p.ln() - f64::from(ls[r * c.classes + j]));
+            }
+        }
+        n += 1.0;
+    }
+    let dense = sum / n;
+    assert!(
+        (f64::from(sparse) - dense).abs() < 1e-5,
+        "sparse {sparse} vs dense {dense}"
+    );
+}
