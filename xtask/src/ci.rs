@@ -81,6 +81,11 @@ pub(crate) fn run_ci(no_test: bool) -> Result {
         &["xtask", "repro", "sfa", "--quick", "--out", out_str],
         &[],
     )?;
+    run(
+        "cargo",
+        &["xtask", "repro", "distill", "--quick", "--out", out_str],
+        &[],
+    )?;
     let _ = std::fs::remove_dir_all(&out);
     eprintln!("xtask ci: all checks passed");
     Ok(())

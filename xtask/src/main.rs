@@ -13,6 +13,8 @@
 //!                                            "LoRA Learns Less and Forgets Less" (Biderman et al.) at small scale
 //! cargo xtask repro sfa [--quick] [--out DIR]
 //!                                            "Soup to go" (SFA vs L2/EWC/replay/merges, Kleiman et al.) at small scale
+//! cargo xtask repro distill [--quick] [--out DIR]
+//!                                            KD for sequences of related runs (MosaicML) at small scale
 //! cargo xtask gpu-check build|cpu|lavapipe offline CUDA build of kiln-gpu-check (docs/GPU.md) / its CPU half / on lavapipe
 //! cargo xtask bench scaling                  criterion benches + the scipy anchor → docs/BENCHMARKS.md
 //! cargo xtask bench train                   one tiny-BERT training step: burn flex vs PyTorch CPU
@@ -34,6 +36,7 @@ mod ci;
 mod flex_patch;
 mod gpu_check;
 mod profile;
+mod repro_distill;
 mod repro_lora;
 mod repro_masking;
 mod repro_scaling;
@@ -76,6 +79,13 @@ commands:
                                     bound, over N seeds (default 3; λs and coefficients chosen on validation
                                     data) → DIR (default docs/reproductions): sfa.md + heatmaps, β×p grids and
                                     a retention plot (--quick: 1 seed, 2 SFA settings, tiny runs)
+  repro distill [--quick] [--out DIR] [--device cpu|cuda[:N]]
+                                    a learning-rate sweep of small GPT-2 runs on the built-in prose, each run
+                                    after the first trained independently and distilled from the previous
+                                    one (live teacher, cached top-32/top-128, early 25% window, sampled
+                                    ensemble): steps and training time to the independent run's loss, KD
+                                    overhead, whole-sequence cost → DIR (default docs/reproductions):
+                                    distill.md + distill-curves.svg (--quick: 2 tiny runs)
   gpu-check build                   build kiln-gpu-check for CUDA without network (DOCS_RS=1, NVRTC kernels,
                                     LLVM symbols stubbed; see docs/GPU.md) into gpu-check/, with fusion
                                     and without (kiln-gpu-check-no-fusion, for --no-fusion-binary)
@@ -119,6 +129,7 @@ fn main() -> ExitCode {
         ["repro", "masking", rest @ ..] => repro_masking::command(rest),
         ["repro", "lora", rest @ ..] => repro_lora::command(rest),
         ["repro", "sfa", rest @ ..] => repro_sfa::command(rest),
+        ["repro", "distill", rest @ ..] => repro_distill::command(rest),
         ["bench", "scaling", rest @ ..] => bench::scaling(rest),
         ["bench", "merge", rest @ ..] => bench_merge::merge(rest),
         ["bench", "lora", rest @ ..] => bench_lora::lora(rest),
