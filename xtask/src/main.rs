@@ -21,6 +21,7 @@
 //! cargo xtask bench merge                    kiln merge vs mergekit on GPT-2-medium-sized checkpoints
 //! cargo xtask bench models                   burn flex vs PyTorch CPU tokens/s (GPT-2 small, BERT-base)
 //! cargo xtask bench continual                per-step overhead of SFA/EMA/L2/EWC/replay on GPT-2 small
+//! cargo xtask bench distill                  a KD step (live teacher, cached top-k) vs a plain step on GPT-2 small
 //! cargo xtask profile train|models [--before REV]
 //!                                            where a CPU step's time goes (perf; torch.profiler) → docs/BENCHMARKS.md
 //! cargo xtask flex-patch test|bench          a burn-flex patch prepared for upstream: tested / measured
@@ -28,6 +29,7 @@
 
 mod bench;
 mod bench_continual;
+mod bench_distill;
 mod bench_lora;
 mod bench_merge;
 mod bench_models;
@@ -102,6 +104,9 @@ commands:
   bench continual                   the per-step time and memory of SFA, EMA, L2, EWC and replay beside plain
                                     fine-tuning on the GPT-2-small layout, through the trainer (3 alternating
                                     runs per method) → docs/BENCHMARKS.md
+  bench distill                     a GPT-2-small training step plain, with a live teacher of equal size and with
+                                    cached top-32/top-128 logits (3 alternating runs per mode), cache bytes per
+                                    token → docs/BENCHMARKS.md
   bench train                       one training step of a tiny BERT (forward, MLM loss, backward, clipping,
                                     AdamW) on the CPU, beside PyTorch → docs/BENCHMARKS.md
   profile train|models [--before REV]
@@ -136,6 +141,7 @@ fn main() -> ExitCode {
         ["bench", "models", rest @ ..] => bench_models::models(rest),
         ["bench", "train", rest @ ..] => bench_train::train(rest),
         ["bench", "continual", rest @ ..] => bench_continual::continual(rest),
+        ["bench", "distill", rest @ ..] => bench_distill::distill(rest),
         ["profile", rest @ ..] => profile::command(rest),
         ["flex-patch", rest @ ..] => flex_patch::command(rest),
         ["help" | "--help" | "-h"] | [] => {
