@@ -11,6 +11,10 @@ use crate::{Result, root};
 const MODES: [&str; 4] = ["plain", "live", "cached32", "cached128"];
 const REPEATS: usize = 3;
 
+/// A mode's measurements: per repeat (median step, peak RSS MiB), cache bytes per token, and
+/// per repeat the capture seconds.
+type ModeRuns<'a> = (&'a str, Vec<(f64, f64)>, u64, Vec<f64>);
+
 fn one(mode: &str) -> Result<serde_json::Value> {
     eprintln!("$ cargo bench -p kiln-distill --bench kd_step -- {mode}");
     let out = Command::new("cargo")
@@ -40,7 +44,7 @@ pub(crate) fn distill(args: &[&str]) -> Result {
         return Err(format!("`bench distill` takes no arguments: {args:?}").into());
     }
     // mode → per repeat: (median step, peak RSS); bytes per token; capture seconds
-    let mut rows: Vec<(&str, Vec<(f64, f64)>, u64, Vec<f64>)> = MODES
+    let mut rows: Vec<ModeRuns<'_>> = MODES
         .iter()
         .map(|m| (*m, Vec::new(), 0, Vec::new()))
         .collect();

@@ -481,11 +481,7 @@ fn run_all(s: &Setup, work: &Path, device: &Device) -> Result<(String, Vec<Run>)
                     .0,
                 );
             }
-            let early = Window {
-                start: 0.0,
-                end: s.early,
-                every: 1,
-            };
+            let early = Window::early(s.early);
             let d = Distill::new(kd, live(), early)?;
             runs.push(
                 train(

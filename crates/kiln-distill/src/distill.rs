@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use kiln_schedules::Duration;
 use kiln_train::{Algorithm, Context, Event, IGNORE_INDEX, StepOutput};
 use serde_json::{Value, json};
 
@@ -121,14 +122,14 @@ impl Teacher for Ensemble {
     }
 }
 
-/// When distillation runs: between `start` and `end` (fractions of the run, Composer's `dur`),
-/// every `every`-th step.
+/// When distillation runs: from `start` to `end` (Composer durations: `0.25dur`, `500ba`, `1ep`,
+/// resolved against the run like the LR schedule), every `every`-th step of that span.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Window {
-    /// First step (as a fraction of the run, inclusive).
-    pub start: f64,
-    /// Last step (as a fraction of the run, inclusive).
-    pub end: f64,
+    /// First step (inclusive): ⌈start⌉ in steps, at least step 1.
+    pub start: Duration,
+    /// Last step (inclusive): ⌊end⌋ in steps.
+    pub end: Duration,
     /// Distil every n-th step of the window (1: every step).
     pub every: u64,
 }
@@ -137,18 +138,44 @@ impl Window {
     /// The whole run, every step.
     pub fn always() -> Self {
         Self {
-            start: 0.0,
-            end: 1.0,
+            start: Duration::fraction(0.0),
+            end: Duration::fraction(1.0),
             every: 1,
         }
     }
 
-    /// Whether step `step` (1-based) of a run of `total` steps distils: ⌈start·T⌉ ≤ step ≤
-    /// ⌊end·T⌋ (with step ≥ 1), and (step − first) a multiple of `every`.
-    pub fn active(&self, step: u64, total: u64) -> bool {
-        let first = ((self.start * total as f64).ceil() as u64).max(1);
-        let last = (self.end * total as f64).floor() as u64;
+    /// The first `fraction` of the run, every step (the "distil early" strategy).
+    pub fn early(fraction: f64) -> Self {
+        Self {
+            start: Duration::fraction(0.0),
+            end: Duration::fraction(fraction),
+            every: 1,
+        }
+    }
+
+    /// Whether step `step` (1-based) distils, with `start` and `end` resolved to `first` and
+    /// `last` steps (fractional: ⌈first⌉ ≤ step ≤ ⌊last⌋, step ≥ 1) and (step − ⌈first⌉) a
+    /// multiple of `every`.
+    pub fn active(&self, step: u64, first: f64, last: f64) -> bool {
+        let first = (first.ceil() as u64).max(1);
+        let last = last.floor() as u64;
         step >= first && step <= last && (step - first).is_multiple_of(self.every)
+    }
+
+    fn resolve(&self, run: &kiln_train::RunPlan) -> std::result::Result<(f64, f64), String> {
+        let start = run
+            .steps(&self.start)
+            .map_err(|e| format!("distillation window start {}: {e}", self.start))?;
+        let end = run
+            .steps(&self.end)
+            .map_err(|e| format!("distillation window end {}: {e}", self.end))?;
+        if start > end {
+            return Err(format!(
+                "the distillation window starts at {} ({start} steps) after it ends at {} ({end} steps)",
+                self.start, self.end
+            ));
+        }
+        Ok((start, end))
     }
 }
 
@@ -173,7 +200,8 @@ impl Distill {
     /// Distils from `teacher` with `loss` inside `window`.
     ///
     /// # Errors
-    /// [`Error::Config`] for negative weights, T ≤ 0, a window outside [0, 1] or `every` = 0.
+    /// [`Error::Config`] for negative weights, T ≤ 0 or `every` = 0 (a window that ends before it
+    /// starts, or a unit the run cannot resolve, stops the run at its first step, naming both).
     pub fn new(loss: KdLoss, teacher: Box<dyn Teacher>, window: Window) -> Result<Self> {
         Self::with_source(loss, Source::Live(teacher), window)
     }
@@ -223,13 +251,9 @@ impl Distill {
         if !(loss.temperature.is_finite() && loss.temperature > 0.0) {
             return bad(format!("temperature {} must be positive", loss.temperature));
         }
-        if !(0.0..=1.0).contains(&window.start)
-            || !(0.0..=1.0).contains(&window.end)
-            || window.start > window.end
-            || window.every == 0
-        {
+        if window.every == 0 {
             return bad(format!(
-                "the window {}..{} every {} must lie in [0, 1], start ≤ end, every ≥ 1",
+                "the window {}..{} distils every {} steps; give at least 1",
                 window.start, window.end, window.every
             ));
         }
@@ -268,8 +292,11 @@ impl<M> Algorithm<M> for Distill {
         event: Event,
         ctx: &mut Context<'_, M>,
     ) -> std::result::Result<(), String> {
-        if event != Event::AfterLoss || !self.window.active(ctx.state.step + 1, ctx.run.total_steps)
-        {
+        if event != Event::AfterLoss {
+            return Ok(());
+        }
+        let (first, last) = self.window.resolve(ctx.run)?;
+        if !self.window.active(ctx.state.step + 1, first, last) {
             return Ok(());
         }
         let out = ctx
