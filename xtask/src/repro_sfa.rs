@@ -1970,7 +1970,7 @@ fn report(setup: &Setup, domains: &[DomainResult], minutes: f64) -> String {
     discussion(domains, &mut out);
     let _ = writeln!(
         out,
-        "## Caveats\n\n- Small models, three short tasks, a handful of seeds: differences of a few points are within the seed spread shown in the ACC column.\n- The image tasks share the images and the head (domain-incremental: the same digits seen through three input transformations); the paper's image sequence is not published.\n- The text sequence uses kiln's generated corpora, not the paper's law/math/code instruction sets, and a model of a few hundred thousand parameters.\n- β, p, λ and merge coefficients are chosen on validation data per method; the paper's own values are not published.\n"
+        "## Caveats\n\n- Small models, three short tasks, a handful of seeds: differences of a few points are within the seed spread shown in the ACC column.\n- The image tasks share the images and the head (domain-incremental: the same digits seen through three input transformations); the paper's image sequence is not published.\n- The text sequence uses kiln's generated corpora, not the paper's law/math/code instruction sets, and a model of a few hundred thousand parameters.\n- β, p, λ and merge coefficients are chosen on validation data per method; the paper's own values are not published.\n- The time/step column is wall time on a shared 2-core machine, a by-product of the runs; the per-step overhead of each algorithm on the GPT-2-small layout is measured on its own by `cargo xtask bench continual` (docs/BENCHMARKS.md).\n"
     );
     out
 }
