@@ -220,6 +220,29 @@ pub(crate) fn shown_args(args: &[&str]) -> String {
     shown.join(" ")
 }
 
+/// Documents → one token stream (each document ended by `eos`) → sequences of `seq_len` tokens
+/// (the last partial one dropped): the training data of the language-model reproductions.
+pub(crate) fn pack(
+    tokenizer: &kiln_data::tokenizer::Tokenizer,
+    docs: &[String],
+    eos: u32,
+    seq_len: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let mut stream = Vec::new();
+    for d in docs {
+        stream.extend(tokenizer.encode(d, false)?);
+        stream.push(eos);
+    }
+    Ok(stream.chunks_exact(seq_len).map(<[u32]>::to_vec).collect())
+}
+
+/// A label as a file-name part: ASCII letters and digits, the rest `_`.
+pub(crate) fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
 /// Writes a file atomically (kiln-checkpoint's temp + fsync + rename + directory fsync), creating
 /// its directory first.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result {

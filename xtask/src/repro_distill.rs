@@ -193,15 +193,6 @@ pub(crate) fn command(args: &[&str]) -> Result {
     Ok(())
 }
 
-fn pack(tok: &Tokenizer, docs: &[String], eos: u32, seq_len: usize) -> Result<Vec<Vec<u32>>> {
-    let mut stream = Vec::new();
-    for d in docs {
-        stream.extend(tok.encode(d, false)?);
-        stream.push(eos);
-    }
-    Ok(stream.chunks_exact(seq_len).map(<[u32]>::to_vec).collect())
-}
-
 /// Training seconds (`BatchStart` to `BatchEnd`, evaluations excluded), logged with each
 /// evaluation as `train_seconds`.
 struct Clock {
@@ -253,8 +244,8 @@ fn prepare(s: &Setup) -> Result<Data> {
         .special_ids()
         .eos
         .ok_or("the BPE tokenizer has no end-of-text token")?;
-    let train = pack(&tok, &docs, eos, s.seq_len)?;
-    let mut eval = pack(
+    let train = crate::pack(&tok, &docs, eos, s.seq_len)?;
+    let mut eval = crate::pack(
         &tok,
         &corpus::documents(Domain::Prose, 99, 0, s.docs / 4),
         eos,
@@ -343,7 +334,7 @@ fn train(
     tc.progress_bar = false;
     tc.autoresume = false;
     tc.seed = 7;
-    let dir = work.join(format!("run-{index}-{}", slug(&strategy.label())));
+    let dir = work.join(format!("run-{index}-{}", crate::slug(&strategy.label())));
     let out = Trainer::new(tc, &dir).fit(model, &mut task, &mut algorithms, device)?;
     let log: Vec<Value> = std::fs::read_to_string(dir.join("metrics.jsonl"))?
         .lines()
@@ -383,12 +374,6 @@ fn train(
         },
         out.model,
     ))
-}
-
-fn slug(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
 }
 
 fn run_all(s: &Setup, work: &Path, device: &Device) -> Result<(String, Vec<Run>)> {

@@ -327,16 +327,6 @@ pub(crate) fn command(args: &[&str]) -> Result {
     Ok(())
 }
 
-/// Documents → one token stream (each document ended by `eos`) → sequences of `seq_len`.
-fn pack(tokenizer: &Tokenizer, docs: &[String], eos: u32, seq_len: usize) -> Result<Vec<Vec<u32>>> {
-    let mut stream = Vec::new();
-    for d in docs {
-        stream.extend(tokenizer.encode(d, false)?);
-        stream.push(eos);
-    }
-    Ok(stream.chunks_exact(seq_len).map(<[u32]>::to_vec).collect())
-}
-
 fn prepare(setup: &Setup) -> Result<Data> {
     let docs: BTreeMap<Domain, Vec<String>> = Domain::ALL
         .iter()
@@ -356,7 +346,7 @@ fn prepare(setup: &Setup) -> Result<Data> {
     let held_out = |d: Domain| -> Result<Vec<Vec<u32>>> {
         // Another seed of the generator: documents never trained on.
         let docs = corpus::documents(d, 99, 0, setup.docs / 4);
-        let mut seqs = pack(&tokenizer, &docs, eos, setup.seq_len)?;
+        let mut seqs = crate::pack(&tokenizer, &docs, eos, setup.seq_len)?;
         if seqs.len() < setup.eval_seqs {
             return Err(format!(
                 "only {} held-out {} sequences, {} needed",
@@ -374,7 +364,7 @@ fn prepare(setup: &Setup) -> Result<Data> {
         targets.insert(
             d,
             (
-                pack(&tokenizer, &docs[&d], eos, setup.seq_len)?,
+                crate::pack(&tokenizer, &docs[&d], eos, setup.seq_len)?,
                 held_out(d)?,
             ),
         );
@@ -383,13 +373,13 @@ fn prepare(setup: &Setup) -> Result<Data> {
     // generator) — as a general LLM has seen some code before it is fine-tuned on code; without
     // them the target domains' token embeddings would never have been trained, which LoRA (no
     // embedding updates) cannot make up for.
-    let mut pretrain = pack(&tokenizer, &docs[&Domain::Prose], eos, setup.seq_len)?;
+    let mut pretrain = crate::pack(&tokenizer, &docs[&Domain::Prose], eos, setup.seq_len)?;
     let prose = pretrain.len();
     let side = (prose as f64 * setup.pretrain_side_share / (1.0 - 2.0 * setup.pretrain_side_share))
         .round() as usize;
     for d in [Domain::Code, Domain::Arithmetic] {
         let docs = corpus::documents(d, 7, 0, setup.docs / 4);
-        let mut seqs = pack(&tokenizer, &docs, eos, setup.seq_len)?;
+        let mut seqs = crate::pack(&tokenizer, &docs, eos, setup.seq_len)?;
         if seqs.len() < side {
             return Err(format!(
                 "only {} {} sequences for pretraining, {side} needed",

@@ -488,7 +488,11 @@ fn run_sequence_of<B: Bench>(
         scoring += t.elapsed().as_secs_f64();
         s
     };
-    let dir = work.join(format!("{}-{seed}-{}", b.name(), slug(&method.label())));
+    let dir = work.join(format!(
+        "{}-{seed}-{}",
+        b.name(),
+        crate::slug(&method.label())
+    ));
     let started = Instant::now();
     let out = run_sequence(
         &dir,
@@ -522,12 +526,6 @@ fn run_sequence_of<B: Bench>(
         },
         out.stage_models,
     ))
-}
-
-fn slug(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
 }
 
 /// Every method of `b` on `seed`.
@@ -1003,15 +1001,6 @@ struct Text {
     about: String,
 }
 
-fn pack(tokenizer: &Tokenizer, docs: &[String], eos: u32, seq_len: usize) -> Result<Vec<Vec<u32>>> {
-    let mut stream = Vec::new();
-    for d in docs {
-        stream.extend(tokenizer.encode(d, false)?);
-        stream.push(eos);
-    }
-    Ok(stream.chunks_exact(seq_len).map(<[u32]>::to_vec).collect())
-}
-
 impl Text {
     fn new(setup: &Setup, device: &Device, work: &Path) -> Result<Self> {
         let s = setup.text.clone();
@@ -1041,9 +1030,9 @@ impl Text {
             .ok_or("the BPE tokenizer has no end-of-text token")?;
         let mut data = Vec::new();
         for n in &names {
-            let train = pack(&tokenizer, &docs(n, 0, s.docs / 2), eos, s.seq_len)?;
+            let train = crate::pack(&tokenizer, &docs(n, 0, s.docs / 2), eos, s.seq_len)?;
             let held = |seed: u64| -> Result<Vec<Vec<u32>>> {
-                let mut v = pack(&tokenizer, &docs(n, seed, s.docs / 4), eos, s.seq_len)?;
+                let mut v = crate::pack(&tokenizer, &docs(n, seed, s.docs / 4), eos, s.seq_len)?;
                 if v.len() < s.eval_seqs {
                     return Err(format!(
                         "only {} held-out {n} sequences, {} needed",
@@ -1059,10 +1048,10 @@ impl Text {
         }
         // Pretraining: prose with 5% of each target domain (other documents), so their tokens
         // are not untrained when the sequence starts.
-        let mut pretrain = pack(&tokenizer, &docs("prose", 1, s.docs), eos, s.seq_len)?;
+        let mut pretrain = crate::pack(&tokenizer, &docs("prose", 1, s.docs), eos, s.seq_len)?;
         let side = pretrain.len() / 20;
         for n in &names {
-            let mut v = pack(&tokenizer, &docs(n, 7, s.docs / 4), eos, s.seq_len)?;
+            let mut v = crate::pack(&tokenizer, &docs(n, 7, s.docs / 4), eos, s.seq_len)?;
             v.truncate(side);
             pretrain.extend(v);
         }
@@ -1083,7 +1072,7 @@ impl Text {
         device.seed(17);
         let model = Gpt2LmHead::init(&config, &device)?;
         let params = model.num_params();
-        let prose_eval = pack(&tokenizer, &docs("prose", 99, s.docs / 4), eos, s.seq_len)?
+        let prose_eval = crate::pack(&tokenizer, &docs("prose", 99, s.docs / 4), eos, s.seq_len)?
             .into_iter()
             .take(s.eval_seqs)
             .collect();
@@ -1351,7 +1340,7 @@ struct Row {
     acc_range: (f64, f64),
     bwt: f64,
     forgetting: f64,
-    /// Mean of R[i][i]: each task's score right after it was trained.
+    /// Mean of `R[i][i]`: each task's score right after it was trained.
     new_task: f64,
     /// Mean final score on the tasks before the last.
     retention: f64,

@@ -341,12 +341,7 @@ impl<M> Algorithm<M> for Distill {
         let seconds = started.elapsed().as_secs_f64();
         self.forwards += 1;
         self.seconds += seconds;
-        let value = d
-            .clone()
-            .into_data()
-            .convert::<f64>()
-            .try_to_vec::<f64>()
-            .map_or(f64::NAN, |v| v[0]);
+        let value = kiln_train::scalar(&d);
         let t2 = self.loss.temperature * self.loss.temperature;
         out.loss = out.loss.clone().mul_scalar(self.loss.ce_weight)
             + d.mul_scalar(self.loss.kd_weight * t2);

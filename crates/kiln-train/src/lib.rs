@@ -98,7 +98,7 @@ pub use optim::OptimizerConfig;
 pub use step::{IGNORE_INDEX, ModelInputs, Predictions, RunPlan, StepOutput, TensorState};
 pub use trainer::{
     Algorithm, BatchSize, Context, DataSize, Event, FitOutcome, TrainState, TrainTask, Trainer,
-    TrainerConfig,
+    TrainerConfig, scalar,
 };
 
 // The README's examples run as doctests.

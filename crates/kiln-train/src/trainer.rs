@@ -325,7 +325,9 @@ pub struct Trainer {
     run_dir: PathBuf,
 }
 
-fn scalar(t: &Tensor<1>) -> f64 {
+/// The first value of a `[1]` tensor (a loss, a penalty) as f64 for a log line; NaN if it cannot
+/// be read. Waits for the device.
+pub fn scalar(t: &Tensor<1>) -> f64 {
     t.clone()
         .into_data()
         .convert::<f64>()

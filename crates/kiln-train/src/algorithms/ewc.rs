@@ -510,12 +510,7 @@ impl<M: Module> Algorithm<M> for Ewc<M> {
         match event {
             Event::AfterLoss => {
                 if let Some(penalty) = self.penalty(ctx.model)? {
-                    let value = penalty
-                        .clone()
-                        .into_data()
-                        .convert::<f64>()
-                        .try_to_vec::<f64>()
-                        .map_or(f64::NAN, |v| v[0]);
+                    let value = crate::trainer::scalar(&penalty);
                     if let Some(out) = ctx.output.as_deref_mut() {
                         out.loss = out.loss.clone() + penalty;
                     }

@@ -245,12 +245,7 @@ impl<M> Algorithm<M> for Replay<M> {
                 let picked = self.draw(ctx.state.step, self.draws, m);
                 self.draws += 1;
                 let mem_loss = self.source.loss(ctx.model, &picked)?;
-                let value = mem_loss
-                    .clone()
-                    .into_data()
-                    .convert::<f64>()
-                    .try_to_vec::<f64>()
-                    .map_or(f64::NAN, |v| v[0]);
+                let value = crate::trainer::scalar(&mem_loss);
                 let (n, m) = (self.current as f64, picked.len() as f64);
                 if let Some(out) = ctx.output.as_deref_mut() {
                     out.loss =
