@@ -155,9 +155,7 @@ pub fn capture(
             l - 1
         ));
     }
-    let device = kiln_train::params::float_params(&teacher.model)
-        .first()
-        .map_or_else(Device::flex, |(_, t)| t.device());
+    let device = first_device(&teacher.model);
     let mut w = crate::cache::CacheWriter::create(dir, spec, force)?;
     for (c, chunk) in seqs.chunks(batch).enumerate() {
         let ids: Vec<i64> = chunk.iter().flatten().map(|&t| i64::from(t)).collect();
@@ -177,4 +175,11 @@ pub fn capture(
         progress((c * batch + chunk.len()).min(seqs.len()), seqs.len());
     }
     w.finish()
+}
+
+/// The device of a module's first parameter (the flex CPU device for a module without any).
+pub(crate) fn first_device<M: Module>(m: &M) -> Device {
+    kiln_train::params::float_params(m)
+        .first()
+        .map_or_else(Device::flex, |(_, t)| t.device())
 }

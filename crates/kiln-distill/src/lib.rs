@@ -14,8 +14,9 @@
 //!   FLOPs.
 //! - Teachers ([`Teacher`]): a live GPT-2 or one loaded from a Hugging Face directory or a
 //!   kiln-train checkpoint ([`gpt2::Gpt2Teacher`], feature `models`, vocabularies checked), an
-//!   [`Ensemble`] (one member sampled per step, or their logits averaged), or any
-//!   implementation of the trait.
+//!   [`Ensemble`] (one member sampled per step, or their logits averaged), kiln-models'
+//!   classifiers ([`classifiers::BertClassifierTeacher`] from the batch's tokens,
+//!   [`classifiers::ImageTeacher`] by example id), or any implementation of the trait.
 //! - [`cache`]: a teacher's top-k log-probabilities captured once into memory-mapped shards with
 //!   a manifest ([`CacheWriter`], [`gpt2::capture`]) and read back by example id
 //!   ([`TopKCache`], [`Distill::cached`]), checked against the run's data, vocabulary and k.
@@ -45,6 +46,8 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+#[cfg(feature = "models")]
+pub mod classifiers;
 pub mod distill;
 mod error;
 #[cfg(feature = "models")]
