@@ -128,6 +128,18 @@ pub(crate) struct ExtractArgs {
     /// (B = U·√S, A = √S·Vᵀ).
     #[arg(long)]
     no_distribute_scale: bool,
+    /// How the top singular vectors are computed: `exact` (the full thin SVD, as
+    /// mergekit-extract-lora) or `randomized` (a seeded Gaussian sketch of max-rank +
+    /// --oversample columns with --power-iters power iterations; exact when ΔW's rank is at most
+    /// that, faster when --max-rank is small next to the matrix).
+    #[arg(long, default_value = "exact", value_name = "METHOD", value_parser = ["exact", "randomized"])]
+    svd: String,
+    /// Extra sketch columns of --svd randomized.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    oversample: usize,
+    /// Power iterations of --svd randomized (more: closer to the exact singular values).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    power_iters: usize,
     /// Output adapter directory (PEFT format, with a README listing the σ² energy kept per
     /// module); must not exist unless --force.
     #[arg(value_name = "OUT_DIR")]
@@ -372,6 +384,14 @@ fn extract(a: ExtractArgs) -> Result<(), CliError> {
         embed_lora: a.embed_lora,
         filter: Filter::new(a.include.as_deref(), a.exclude.as_deref())?,
         force: a.force,
+        svd: if a.svd == "randomized" {
+            kiln_lora::SvdMethod::Randomized {
+                oversample: a.oversample,
+                power_iters: a.power_iters,
+            }
+        } else {
+            kiln_lora::SvdMethod::Exact
+        },
     };
     let mut bar: Option<Bar> = None;
     let result = kiln_lora::extract(

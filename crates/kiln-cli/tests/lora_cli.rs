@@ -229,6 +229,32 @@ fn lora_extract_and_spectrum() {
             .unwrap()
             .contains("energy")
     );
+    // the randomized SVD finds the same rank-3 modules (a sketch of 4 + 2 columns)
+    let fast = tmp.path().join("fast");
+    ok(&kiln(&[
+        "lora",
+        "extract",
+        "--base",
+        s(&f.join("models/gpt2")),
+        "--finetuned",
+        s(&f.join("finetuned/gpt2_ft")),
+        "--max-rank",
+        "4",
+        "--sv-epsilon",
+        "1e-4",
+        "--svd",
+        "randomized",
+        "--oversample",
+        "2",
+        "--power-iters",
+        "2",
+        s(&fast),
+    ]));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fast.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["r"], 4);
+    assert_eq!(config["rank_pattern"]["transformer.h.1.attn.c_attn"], 3);
     // spectrum: JSON with a matrices array, and an SVG heatmap
     let svg = tmp.path().join("ranks.svg");
     let json = ok(&kiln(&[

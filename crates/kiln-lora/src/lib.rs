@@ -89,7 +89,7 @@ pub use adapter::{Adapter, LoraModule, PREFIX, merge_module, unmerge_module};
 pub use combine::{Combination, CombineOptions, add_weighted_adapter};
 pub use config::{Bias, LoraConfig, Modules, OneOrMany};
 pub use error::{Error, Result};
-pub use extract::{ExtractOptions, ExtractReport, ExtractedModule, extract};
+pub use extract::{ExtractOptions, ExtractReport, ExtractedModule, SvdMethod, extract};
 pub use intruders::{IntruderOptions, find_intruders, reduce_intruder_dimension};
 pub use kiln_merging::methods::task_arithmetic::MajoritySign;
 pub use merge::{MergeOptions, MergeSummary, Weighted, merge_into_checkpoint};

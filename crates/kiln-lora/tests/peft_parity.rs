@@ -392,6 +392,62 @@ fn exact_low_rank_changes_are_recovered_at_their_rank() {
 }
 
 #[test]
+fn randomized_extraction_recovers_low_rank_changes_and_the_top_energy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let numpy = tensors(&fixtures().join("reference/extract_numpy.safetensors"));
+    let run = |svd, dir: &str| {
+        let options = ExtractOptions {
+            max_rank: 4,
+            sv_epsilon: 1e-4,
+            svd,
+            ..Default::default()
+        };
+        extract(
+            &fixtures().join("models/gpt2"),
+            &fixtures().join("finetuned/gpt2_ft"),
+            &tmp.path().join(dir),
+            &options,
+            &mut |_, _, _| {},
+        )
+        .unwrap()
+    };
+    // a sketch of 4 + 2 columns: smaller than every matrix, so the randomized path runs
+    let (_, fast, fast_report) = run(
+        kiln_lora::SvdMethod::Randomized {
+            oversample: 2,
+            power_iters: 2,
+        },
+        "fast",
+    );
+    let (_, _, exact_report) = run(kiln_lora::SvdMethod::Exact, "exact");
+    let mut low = 0;
+    for (m, e) in fast_report.modules.iter().zip(&exact_report.modules) {
+        assert_eq!(m.name, e.name);
+        if m.name.ends_with("attn.c_attn") {
+            // rank 3 ≤ the sketch: exact to rounding
+            assert_eq!((m.rank, m.real_rank), (3, 3), "{}", m.name);
+            assert!((m.energy_kept - 1.0).abs() < 1e-6);
+            let d = max_diff(
+                &fast.modules[&m.name].delta(1.0),
+                &numpy[&format!("{}.weight", m.name)].1,
+            );
+            assert!(d < 1e-5, "{}: B·A differs from numpy's by {d}", m.name);
+            low += 1;
+        } else {
+            assert_eq!(m.rank, 4, "{}", m.name);
+            assert!(
+                (m.energy_kept - e.energy_kept).abs() < 0.05 * e.energy_kept,
+                "{}: energy kept {} vs the exact SVD's {}",
+                m.name,
+                m.energy_kept,
+                e.energy_kept
+            );
+        }
+    }
+    assert!(low >= 2);
+}
+
+#[test]
 fn spectrum_ranks_match_peft_cutoffs_and_known_ranks() {
     let m = tensors(&fixtures().join("reference/spectrum.safetensors"));
     let cut: serde_json::Value = serde_json::from_str(
