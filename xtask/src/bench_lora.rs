@@ -231,9 +231,8 @@ Command: `cargo xtask bench lora train` (`crates/kiln-lora/benches/lora_step.rs`
 random init, dropout 0.1), batch 4 × 128 tokens; one step = forward, next-token loss, backward, AdamW. LoRA: r 16, α 32 on every \
 linear layer (`all-linear`: c_attn, c_proj, c_fc, mlp.c_proj), base frozen. Each configuration runs in its own process, every core; \
 step times are the median of 5 steps after 1 warm-up with their min–max in parentheses; peak RSS is the process's VmHWM \
-(PyTorch: `ru_maxrss`). kiln's LoRA is burn's weight reparameterisation: the effective weight `W + s·a·b` is formed each step and \
-its dense gradient computed before it reaches the factors, so LoRA saves the optimiser state and the base's gradients, not that \
-transient.\n\
+(PyTorch: `ru_maxrss`). kiln's LoRA, like PEFT's unmerged forward, adds `s·(dropout(x)·A)·B` to each adapted layer's output \
+(a `LoraBranch` on kiln-models' `Dense` layer); the frozen base weight gets no gradient.\n\
 Machine: {}.\n\n{table}\n{notes}\
 <!-- bench:lora-train:end -->\n",
         crate::bench::machine()

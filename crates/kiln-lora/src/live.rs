@@ -2,18 +2,18 @@
 //! by name, choose the active one (or a weighted set), disable them all, delete one, merge the
 //! active adapter into the weights and unmerge it.
 //!
-//! burn 0.22 reparameterises a weight with one adapter at a time (`W + s·a·b`), so
 //! [`LoraModel`] keeps the base model untouched and every adapter's factors on the host, and
 //! builds the live model for the active adapter when it changes: [`set_adapter`] attaches its
-//! config (kiln's [`attach`](crate::train::attach())) and loads its factors. Switching therefore costs
-//! one pass over the adapted weights, not a copy of the model (burn's tensors are shared). After
-//! training the live model, hand it back with [`update`]: its factors become the adapter's.
-//! A weighted set of adapters ([`set_adapters`]) runs as their exact `cat` combination and is
-//! frozen (gradients cannot be routed back to the separate adapters).
+//! config (kiln's [`attach`](crate::train::attach())) and loads its factors. Switching therefore
+//! costs one pass over the adapted layers, not a copy of the model (burn's tensors are shared).
+//! After training the live model, hand it back with [`update`]: its factors become the
+//! adapter's. A weighted set of adapters ([`set_adapters`]) runs as their exact `cat`
+//! combination and is frozen (gradients cannot be routed back to the separate adapters).
 //!
-//! Merging keeps the base: [`merge_adapter`] bakes `W + s·B·A` into a plain model (f32, the
-//! model's own precision), [`unmerge_adapter`] returns to the adapter-carrying model with the
-//! base weights exactly as they were — no subtraction, so no rounding error (PEFT subtracts).
+//! Merging keeps the base: [`merge_adapter`] bakes `W + s·B·A` (DoRA: rescaled per column)
+//! into a plain model (f32, the model's own precision), [`unmerge_adapter`] returns to the
+//! adapter-carrying model with the base weights exactly as they were — no subtraction, so no
+//! rounding error (PEFT subtracts).
 //!
 //! ```
 //! use kiln_lora::{LoraConfig, Modules, live::LoraModel};
@@ -45,6 +45,7 @@
 use std::collections::BTreeMap;
 
 use kiln_models::burn::module::Module;
+use kiln_models::dense::DenseLayers;
 
 use crate::adapter::Adapter;
 use crate::combine::{Combination, CombineOptions, add_weighted_adapter};
@@ -61,7 +62,7 @@ struct Entry {
 
 /// A base model with named LoRA adapters, one (or a weighted set) active. See the
 /// [module docs](self).
-pub struct LoraModel<M: Module> {
+pub struct LoraModel<M: Module + DenseLayers> {
     base: M,
     adapters: BTreeMap<String, Entry>,
     active: Vec<(String, f64)>,
@@ -72,7 +73,7 @@ pub struct LoraModel<M: Module> {
     merged: Option<M>,
 }
 
-impl<M: Module> LoraModel<M> {
+impl<M: Module + DenseLayers> LoraModel<M> {
     /// A model without adapters yet (`model()` is `base`).
     pub fn new(base: M) -> Self {
         Self {
@@ -345,21 +346,37 @@ impl<M: Module> LoraModel<M> {
         Ok(())
     }
 
-    /// The base model with `live`'s adapters merged into its weights, computed on the host in
-    /// f32: `W' = W + s·a·b` in burn's layout (`a = lora_Aᵀ [in, r]`, `b = lora_Bᵀ [r, out]`;
-    /// `W` is the live model's stored base — the residual after PiSSA/OLoRA), and trained biases
+    /// The base model with `live`'s adapters merged into its weights: each adapted linear
+    /// layer's [`merged_weight`](kiln_models::dense::Dense::merged_weight) (`W + s·A·B`, DoRA's
+    /// column rescaling included, in the model's f32; `W` is the live model's stored base — the
+    /// residual after PiSSA/OLoRA), embedding adapters `W + s·a·b` on the host, trained biases
     /// copied.
     fn bake(&self, safe: bool) -> Result<M> {
         let Some((live, config)) = &self.live else {
             return Ok(self.base.clone());
         };
+        let mut values = BTreeMap::new();
+        let mut live_layers = live.clone();
+        live_layers.visit_dense(&mut |path, _, dense| {
+            if dense.lora.is_empty() {
+                return;
+            }
+            let [rows, cols] = dense.dims();
+            let merged = dense
+                .merged_weight()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap_or_default();
+            values.insert(format!("{path}.weight"), (merged, [rows, cols]));
+        });
         let tensors: BTreeMap<String, (Vec<usize>, bool, Vec<f32>)> = walk_with(live, true)
             .into_iter()
             .map(|(name, shape, trainable, values)| (name, (shape, trainable, values)))
             .collect();
-        let mut values = BTreeMap::new();
         for (name, (shape, trainable, v)) in &tensors {
             if let Some(module) = name.strip_suffix(".weight.lora.a") {
+                // an embedding adapter (burn's reparameterisation): W + s·a·b
                 let (rows, r) = (shape[0], shape[1]);
                 let b = &tensors[&format!("{module}.weight.lora.b")].2;
                 let (w_shape, _, w) = &tensors[&format!("{module}.weight")];
@@ -376,15 +393,20 @@ impl<M: Module> LoraModel<M> {
                         }
                     }
                 }
-                if safe && merged.iter().any(|x| !x.is_finite()) {
-                    return Err(Error::Invalid(format!(
-                        "safe_merge: merging gives non-finite weights in `{module}`; the adapter holds NaN or ∞ (nothing was merged)"
-                    )));
-                }
                 values.insert(format!("{module}.weight"), (merged, [rows, cols]));
-            } else if *trainable && shape.len() == 1 {
+            } else if *trainable && shape.len() == 1 && !name.contains(".lora.") {
                 values.insert(name.clone(), (v.clone(), [shape[0], 1]));
             }
+        }
+        if safe
+            && let Some((module, _)) = values
+                .iter()
+                .find(|(_, (v, _))| v.iter().any(|x| !x.is_finite()))
+        {
+            return Err(Error::Invalid(format!(
+                "safe_merge: merging gives non-finite weights in `{}`; the adapter holds NaN or ∞ (nothing was merged)",
+                module.trim_end_matches(".weight")
+            )));
         }
         set_values(self.base.clone(), values, std::path::Path::new("<merge>"))
     }

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
-    Linear, LinearConfig,
+    LinearConfig,
 };
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
@@ -28,6 +28,7 @@ use crate::common::{
     multi_head_attention, split_heads, weighted_cross_entropy, zero_bias,
 };
 use crate::cpu::{DropoutExt, tied_projection};
+use crate::dense::{Dense, DenseLayers, DenseView, join, visit_one};
 use crate::error::{Error, Result, config_err};
 use crate::weights::{LoadOptions, WeightLoader, WeightWriter, set};
 
@@ -385,9 +386,9 @@ pub struct BertModel {
 #[derive(Module, Debug)]
 pub struct BertLayer {
     /// Fused `[q | k | v]`, `[d, 3d]`.
-    pub qkv: Linear,
+    pub qkv: Dense,
     /// Attention output projection.
-    pub attn_out: Linear,
+    pub attn_out: Dense,
     /// LayerNorm after attention (on `dropout(attn_out) + x`).
     pub attn_ln: LayerNorm,
     /// The MLP.
@@ -413,18 +414,18 @@ pub enum BertMlp {
 #[derive(Module, Debug)]
 pub struct DenseMlp {
     /// `[d, i]`.
-    pub intermediate: Linear,
+    pub intermediate: Dense,
     /// `[i, d]`.
-    pub output: Linear,
+    pub output: Dense,
 }
 
 /// MosaicBERT's GeGLU MLP.
 #[derive(Module, Debug)]
 pub struct GluMlp {
     /// `[d, 2i]`, no bias.
-    pub gated: Linear,
+    pub gated: Dense,
     /// `[i, d]`.
-    pub wo: Linear,
+    pub wo: Dense,
 }
 
 /// Where the real tokens are, for the unpadded path.
@@ -839,7 +840,7 @@ fn encoder(
 #[derive(Module, Debug)]
 pub struct BertPooler {
     /// `[d, d]`.
-    pub dense: Linear,
+    pub dense: Dense,
 }
 
 impl BertPooler {
@@ -881,7 +882,9 @@ impl BertWithPooler {
         let (mut bert, prefix) = encoder(ckpt, config, device)?;
         let mut w = WeightLoader::new(ckpt, device, prefix);
         bert.load_weights(&mut w)?;
-        let mut dense = LinearConfig::new(config.hidden_size, config.hidden_size).init(device);
+        let mut dense: Dense = LinearConfig::new(config.hidden_size, config.hidden_size)
+            .init(device)
+            .into();
         w.linear_out_in("pooler.dense", &mut dense)?;
         w.finish(options, |_| false)?;
         Ok(Self {
@@ -912,7 +915,7 @@ pub struct BertForMaskedLm {
     /// The encoder.
     pub bert: BertModel,
     /// Transform `[d, d]`.
-    pub transform: Linear,
+    pub transform: Dense,
     /// Transform LayerNorm.
     pub transform_ln: LayerNorm,
     /// Decoder bias `[vocab]`.
@@ -1167,7 +1170,7 @@ pub struct BertForSequenceClassification {
     /// Dropout before the classifier.
     pub dropout: Dropout,
     /// `[d, num_labels]`.
-    pub classifier: Linear,
+    pub classifier: Dense,
 }
 
 impl BertForSequenceClassification {
@@ -1258,10 +1261,12 @@ impl BertForSequenceClassification {
         let mut w = WeightLoader::new(ckpt, device, prefix);
         bert.load_weights(&mut w)?;
         let d = config.hidden_size;
-        let mut dense = LinearConfig::new(d, d).init(device);
+        let mut dense: Dense = LinearConfig::new(d, d).init(device).into();
         w.linear_out_in("pooler.dense", &mut dense)?;
         let mut root = WeightLoader::new(ckpt, device, "");
-        let mut classifier = LinearConfig::new(d, config.num_labels()).init(device);
+        let mut classifier: Dense = LinearConfig::new(d, config.num_labels())
+            .init(device)
+            .into();
         root.linear_out_in("classifier", &mut classifier)?;
         w.absorb(root);
         w.finish(options, |_| false)?;
@@ -1284,7 +1289,7 @@ pub struct BertForTokenClassification {
     /// Dropout before the classifier.
     pub dropout: Dropout,
     /// `[d, num_labels]`.
-    pub classifier: Linear,
+    pub classifier: Dense,
 }
 
 impl BertForTokenClassification {
@@ -1340,8 +1345,9 @@ impl BertForTokenClassification {
         let mut w = WeightLoader::new(ckpt, device, prefix);
         bert.load_weights(&mut w)?;
         let mut root = WeightLoader::new(ckpt, device, "");
-        let mut classifier =
-            LinearConfig::new(config.hidden_size, config.num_labels()).init(device);
+        let mut classifier: Dense = LinearConfig::new(config.hidden_size, config.num_labels())
+            .init(device)
+            .into();
         root.linear_out_in("classifier", &mut classifier)?;
         w.absorb(root);
         w.finish(options, |_| false)?;
@@ -1350,5 +1356,152 @@ impl BertForTokenClassification {
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
             classifier,
         })
+    }
+}
+
+impl BertModel {
+    /// [`DenseLayers::visit_dense`] with burn paths under `kiln` and Hugging Face names under
+    /// `hf`: HF BERT's separate `query`/`key`/`value` are views of kiln's fused `qkv`;
+    /// MosaicBERT (the GeGLU layout) keeps its fused `Wqkv`.
+    fn visit_dense_at(
+        &mut self,
+        kiln: &str,
+        hf: &str,
+        f: &mut dyn FnMut(&str, &[DenseView], &mut Dense),
+    ) {
+        let d = self.config.hidden_size;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let (k, h) = (
+                join(kiln, &format!("layers.{i}")),
+                join(hf, &format!("encoder.layer.{i}")),
+            );
+            let views: Vec<DenseView> = match layer.mlp {
+                BertMlp::Glu(_) => vec![DenseView {
+                    name: format!("{h}.attention.self.Wqkv"),
+                    start: 0,
+                    len: 3 * d,
+                }],
+                BertMlp::Dense(_) => ["query", "key", "value"]
+                    .iter()
+                    .enumerate()
+                    .map(|(j, n)| DenseView {
+                        name: format!("{h}.attention.self.{n}"),
+                        start: j * d,
+                        len: d,
+                    })
+                    .collect(),
+            };
+            f(&format!("{k}.qkv"), &views, &mut layer.qkv);
+            visit_one(
+                f,
+                &format!("{k}.attn_out"),
+                &format!("{h}.attention.output.dense"),
+                &mut layer.attn_out,
+            );
+            match &mut layer.mlp {
+                BertMlp::Dense(DenseMlp {
+                    intermediate,
+                    output,
+                }) => {
+                    let km = format!("{k}.mlp.Dense");
+                    visit_one(
+                        f,
+                        &format!("{km}.intermediate"),
+                        &format!("{h}.intermediate.dense"),
+                        intermediate,
+                    );
+                    visit_one(
+                        f,
+                        &format!("{km}.output"),
+                        &format!("{h}.output.dense"),
+                        output,
+                    );
+                }
+                BertMlp::Glu(GluMlp { gated, wo }) => {
+                    let km = format!("{k}.mlp.Glu");
+                    visit_one(
+                        f,
+                        &format!("{km}.gated"),
+                        &format!("{h}.mlp.gated_layers"),
+                        gated,
+                    );
+                    visit_one(f, &format!("{km}.wo"), &format!("{h}.mlp.wo"), wo);
+                }
+            }
+        }
+    }
+
+    fn embeddings_at(&self, kiln: &str, hf: &str) -> Vec<(String, String)> {
+        let mut names = vec!["word_embeddings"];
+        if self.position_embeddings.is_some() {
+            names.push("position_embeddings");
+        }
+        if self.token_type_embeddings.is_some() {
+            names.push("token_type_embeddings");
+        }
+        names
+            .into_iter()
+            .map(|n| (join(kiln, n), join(hf, &format!("embeddings.{n}"))))
+            .collect()
+    }
+}
+
+impl DenseLayers for BertModel {
+    fn visit_dense(&mut self, f: &mut dyn FnMut(&str, &[DenseView], &mut Dense)) {
+        self.visit_dense_at("", "", f);
+    }
+    fn embedding_names(&self) -> Vec<(String, String)> {
+        self.embeddings_at("", "")
+    }
+}
+
+impl DenseLayers for BertWithPooler {
+    fn visit_dense(&mut self, f: &mut dyn FnMut(&str, &[DenseView], &mut Dense)) {
+        self.bert.visit_dense_at("bert", "", f);
+        visit_one(f, "pooler.dense", "pooler.dense", &mut self.pooler.dense);
+    }
+    fn embedding_names(&self) -> Vec<(String, String)> {
+        self.bert.embeddings_at("bert", "")
+    }
+}
+
+impl DenseLayers for BertForMaskedLm {
+    fn visit_dense(&mut self, f: &mut dyn FnMut(&str, &[DenseView], &mut Dense)) {
+        self.bert.visit_dense_at("bert", "bert", f);
+        visit_one(
+            f,
+            "transform",
+            "cls.predictions.transform.dense",
+            &mut self.transform,
+        );
+    }
+    fn embedding_names(&self) -> Vec<(String, String)> {
+        self.bert.embeddings_at("bert", "bert")
+    }
+}
+
+impl DenseLayers for BertForSequenceClassification {
+    fn visit_dense(&mut self, f: &mut dyn FnMut(&str, &[DenseView], &mut Dense)) {
+        self.bert.bert.visit_dense_at("bert.bert", "bert", f);
+        visit_one(
+            f,
+            "bert.pooler.dense",
+            "bert.pooler.dense",
+            &mut self.bert.pooler.dense,
+        );
+        visit_one(f, "classifier", "classifier", &mut self.classifier);
+    }
+    fn embedding_names(&self) -> Vec<(String, String)> {
+        self.bert.bert.embeddings_at("bert.bert", "bert")
+    }
+}
+
+impl DenseLayers for BertForTokenClassification {
+    fn visit_dense(&mut self, f: &mut dyn FnMut(&str, &[DenseView], &mut Dense)) {
+        self.bert.visit_dense_at("bert", "bert", f);
+        visit_one(f, "classifier", "classifier", &mut self.classifier);
+    }
+    fn embedding_names(&self) -> Vec<(String, String)> {
+        self.bert.embeddings_at("bert", "bert")
     }
 }

@@ -110,14 +110,14 @@ pub(crate) fn layer_norm_in<const D: usize>(
 
 /// Zeroes a Linear's bias (HF's init), keeping it trainable: `zeros_like` makes a fresh tensor
 /// without `require_grad`, so the flag is carried over.
-pub(crate) fn zero_bias(mut l: Linear) -> Linear {
+pub(crate) fn zero_bias(mut l: Linear) -> crate::dense::Dense {
     if let Some(b) = l.bias.take() {
         l.bias = Some(b.map(|t| {
             let trainable = t.is_require_grad();
             t.zeros_like().set_require_grad(trainable)
         }));
     }
-    l
+    l.into()
 }
 
 /// `config.json` beside a model: in the directory, or beside a `.safetensors` file.

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
-    Linear, LinearConfig,
+    LinearConfig,
 };
 use burn::prelude::*;
 use kiln_checkpoint::{Checkpoint, Dtype};
@@ -22,6 +22,7 @@ use crate::common::{
     weighted_cross_entropy, zero_bias,
 };
 use crate::cpu::{DropoutExt, tied_projection};
+use crate::dense::{Dense, DenseLayers, DenseView, join, visit_one};
 use crate::error::{Error, Result, config_err};
 use crate::weights::{LoadOptions, WeightLoader, WeightWriter};
 
@@ -361,9 +362,9 @@ pub struct Gpt2Block {
 #[derive(Module, Debug)]
 pub struct Gpt2Attention {
     /// `[n_embd, 3·n_embd]`.
-    pub c_attn: Linear,
+    pub c_attn: Dense,
     /// `[n_embd, n_embd]`.
-    pub c_proj: Linear,
+    pub c_proj: Dense,
     /// Dropout on attention probabilities (training only).
     pub attn_dropout: Dropout,
     /// Dropout after the projection.
@@ -378,9 +379,9 @@ pub struct Gpt2Attention {
 #[derive(Module, Debug)]
 pub struct Gpt2Mlp {
     /// `[n_embd, n_inner]`.
-    pub c_fc: Linear,
+    pub c_fc: Dense,
     /// `[n_inner, n_embd]`.
-    pub c_proj: Linear,
+    pub c_proj: Dense,
     /// Dropout after the projection.
     pub dropout: Dropout,
     /// Activation.
@@ -608,7 +609,7 @@ pub struct Gpt2LmHead {
     /// The backbone.
     pub transformer: Gpt2Model,
     /// An untied head `[n_embd, vocab]`, if any.
-    pub lm_head: Option<Linear>,
+    pub lm_head: Option<Dense>,
 }
 
 impl Gpt2LmHead {
@@ -626,6 +627,7 @@ impl Gpt2LmHead {
                     std: config.initializer_range,
                 })
                 .init(device)
+                .into()
         });
         Ok(Self {
             transformer,
@@ -721,9 +723,10 @@ impl Gpt2LmHead {
             if c.tie_word_embeddings {
                 w.skip("lm_head.weight"); // a tied copy, when saved
             } else {
-                let mut head = LinearConfig::new(c.n_embd, c.vocab_size)
+                let mut head: Dense = LinearConfig::new(c.n_embd, c.vocab_size)
                     .with_bias(false)
-                    .init(device);
+                    .init(device)
+                    .into();
                 w.linear_out_in("lm_head", &mut head)?;
                 lm_head = Some(head);
             }
@@ -789,7 +792,7 @@ pub struct Gpt2MultipleChoice {
     /// The backbone.
     pub transformer: Gpt2Model,
     /// `[n_embd, 1]` with bias.
-    pub classifier: Linear,
+    pub classifier: Dense,
 }
 
 impl Gpt2MultipleChoice {
@@ -805,7 +808,8 @@ impl Gpt2MultipleChoice {
                     mean: 0.0,
                     std: config.initializer_range,
                 })
-                .init(device),
+                .init(device)
+                .into(),
         })
     }
 
@@ -856,7 +860,7 @@ impl Gpt2MultipleChoice {
     ) -> Result<Self> {
         let mut classifier = None;
         let transformer = load_with(ckpt, config, device, options, |w, c| {
-            let mut head = LinearConfig::new(c.n_embd, 1).init(device);
+            let mut head: Dense = LinearConfig::new(c.n_embd, 1).init(device).into();
             w.linear_out_in("classifier", &mut head)?;
             classifier = Some(head);
             Ok(())
@@ -875,7 +879,7 @@ pub struct Gpt2SequenceClassification {
     /// The backbone.
     pub transformer: Gpt2Model,
     /// `[n_embd, num_labels]`.
-    pub score: Linear,
+    pub score: Dense,
 }
 
 impl Gpt2SequenceClassification {
@@ -892,7 +896,8 @@ impl Gpt2SequenceClassification {
                     mean: 0.0,
                     std: config.initializer_range,
                 })
-                .init(device),
+                .init(device)
+                .into(),
         })
     }
 
@@ -945,9 +950,10 @@ impl Gpt2SequenceClassification {
     ) -> Result<Self> {
         let mut score = None;
         let transformer = load_with(ckpt, config, device, options, |w, c| {
-            let mut head = LinearConfig::new(c.n_embd, c.num_labels())
+            let mut head: Dense = LinearConfig::new(c.n_embd, c.num_labels())
                 .with_bias(false)
-                .init(device);
+                .init(device)
+                .into();
             w.linear_out_in("score", &mut head)?;
             score = Some(head);
             Ok(())
@@ -956,5 +962,71 @@ impl Gpt2SequenceClassification {
             transformer,
             score: score.expect("set by the loader"),
         })
+    }
+}
+
+impl Gpt2Model {
+    /// [`DenseLayers::visit_dense`] under `prefix` (burn paths equal Hugging Face names).
+    fn visit_dense_at(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &[DenseView], &mut Dense)) {
+        for (i, block) in self.h.iter_mut().enumerate() {
+            let p = join(prefix, &format!("h.{i}"));
+            for (name, dense) in [
+                ("attn.c_attn", &mut block.attn.c_attn),
+                ("attn.c_proj", &mut block.attn.c_proj),
+                ("mlp.c_fc", &mut block.mlp.c_fc),
+                ("mlp.c_proj", &mut block.mlp.c_proj),
+            ] {
+                let path = format!("{p}.{name}");
+                visit_one(f, &path, &path, dense);
+            }
+        }
+    }
+
+    fn embeddings_at(prefix: &str) -> Vec<(String, String)> {
+        ["wte", "wpe"]
+            .iter()
+            .map(|n| (join(prefix, n), join(prefix, n)))
+            .collect()
+    }
+}
+
+impl DenseLayers for Gpt2Model {
+    fn visit_dense(&mut self, f: &mut dyn FnMut(&str, &[DenseView], &mut Dense)) {
+        self.visit_dense_at("", f);
+    }
+    fn embedding_names(&self) -> Vec<(String, String)> {
+        Gpt2Model::embeddings_at("")
+    }
+}
+
+impl DenseLayers for Gpt2LmHead {
+    fn visit_dense(&mut self, f: &mut dyn FnMut(&str, &[DenseView], &mut Dense)) {
+        self.transformer.visit_dense_at("transformer", f);
+        if let Some(head) = self.lm_head.as_mut() {
+            visit_one(f, "lm_head", "lm_head", head);
+        }
+    }
+    fn embedding_names(&self) -> Vec<(String, String)> {
+        Gpt2Model::embeddings_at("transformer")
+    }
+}
+
+impl DenseLayers for Gpt2MultipleChoice {
+    fn visit_dense(&mut self, f: &mut dyn FnMut(&str, &[DenseView], &mut Dense)) {
+        self.transformer.visit_dense_at("transformer", f);
+        visit_one(f, "classifier", "classifier", &mut self.classifier);
+    }
+    fn embedding_names(&self) -> Vec<(String, String)> {
+        Gpt2Model::embeddings_at("transformer")
+    }
+}
+
+impl DenseLayers for Gpt2SequenceClassification {
+    fn visit_dense(&mut self, f: &mut dyn FnMut(&str, &[DenseView], &mut Dense)) {
+        self.transformer.visit_dense_at("transformer", f);
+        visit_one(f, "score", "score", &mut self.score);
+    }
+    fn embedding_names(&self) -> Vec<(String, String)> {
+        Gpt2Model::embeddings_at("transformer")
     }
 }

@@ -41,6 +41,7 @@ pub mod auto;
 pub mod bert;
 mod common;
 pub mod cpu;
+pub mod dense;
 mod device;
 mod error;
 pub mod generate;

@@ -14,7 +14,47 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use kiln_checkpoint::{Checkpoint, CheckpointWriter, Dtype, ShardPlan, TensorSpec, dtype};
 
+use crate::dense::Dense;
 use crate::error::{Error, Result};
+
+/// burn's `Linear` and kiln's [`Dense`]: a weight `[in, out]` and an optional bias.
+pub(crate) trait LinearParts {
+    fn weight_mut(&mut self) -> &mut Param<Tensor<2>>;
+    fn bias_mut(&mut self) -> Option<&mut Param<Tensor<1>>>;
+    /// The weight the layer computes with (a [`Dense`]'s adapters merged in).
+    fn weight_value(&self) -> Tensor<2>;
+    fn bias_value(&self) -> Option<Tensor<1>>;
+}
+
+impl LinearParts for Linear {
+    fn weight_mut(&mut self) -> &mut Param<Tensor<2>> {
+        &mut self.weight
+    }
+    fn bias_mut(&mut self) -> Option<&mut Param<Tensor<1>>> {
+        self.bias.as_mut()
+    }
+    fn weight_value(&self) -> Tensor<2> {
+        self.weight.val()
+    }
+    fn bias_value(&self) -> Option<Tensor<1>> {
+        self.bias.as_ref().map(|b| b.val())
+    }
+}
+
+impl LinearParts for Dense {
+    fn weight_mut(&mut self) -> &mut Param<Tensor<2>> {
+        &mut self.weight
+    }
+    fn bias_mut(&mut self) -> Option<&mut Param<Tensor<1>>> {
+        self.bias.as_mut()
+    }
+    fn weight_value(&self) -> Tensor<2> {
+        self.merged_weight()
+    }
+    fn bias_value(&self) -> Option<Tensor<1>> {
+        self.bias.as_ref().map(|b| b.val())
+    }
+}
 
 /// What to tolerate when loading.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -108,25 +148,33 @@ impl<'a> WeightLoader<'a> {
     }
 
     /// A `Linear` stored as `[in, out]` (GPT-2's Conv1D): `prefix.weight`, `prefix.bias`.
-    pub(crate) fn linear_in_out(&mut self, prefix: &str, linear: &mut Linear) -> Result<()> {
-        let [i, o] = linear.weight.dims();
+    pub(crate) fn linear_in_out(
+        &mut self,
+        prefix: &str,
+        linear: &mut impl LinearParts,
+    ) -> Result<()> {
+        let [i, o] = linear.weight_mut().dims();
         if let Some(w) = self.tensor(&format!("{prefix}.weight"), [i, o])? {
-            set(&mut linear.weight, w);
+            set(linear.weight_mut(), w);
         }
         self.bias(prefix, linear)
     }
 
     /// A `Linear` stored as PyTorch `nn.Linear`, `[out, in]`: transposed on load.
-    pub(crate) fn linear_out_in(&mut self, prefix: &str, linear: &mut Linear) -> Result<()> {
-        let [i, o] = linear.weight.dims();
+    pub(crate) fn linear_out_in(
+        &mut self,
+        prefix: &str,
+        linear: &mut impl LinearParts,
+    ) -> Result<()> {
+        let [i, o] = linear.weight_mut().dims();
         if let Some(w) = self.transposed(&format!("{prefix}.weight"), [i, o])? {
-            set(&mut linear.weight, w);
+            set(linear.weight_mut(), w);
         }
         self.bias(prefix, linear)
     }
 
-    fn bias(&mut self, prefix: &str, linear: &mut Linear) -> Result<()> {
-        if let Some(b) = linear.bias.as_mut() {
+    fn bias(&mut self, prefix: &str, linear: &mut impl LinearParts) -> Result<()> {
+        if let Some(b) = linear.bias_mut() {
             let [o] = b.dims();
             if let Some(t) = self.tensor(&format!("{prefix}.bias"), [o])? {
                 set(b, t);
@@ -231,18 +279,18 @@ impl WeightWriter {
     }
 
     /// A `Linear` as `[in, out]` (Conv1D layout).
-    pub(crate) fn linear_in_out(&mut self, prefix: &str, l: &Linear) {
-        self.tensor(format!("{prefix}.weight"), l.weight.val());
-        if let Some(b) = &l.bias {
-            self.tensor(format!("{prefix}.bias"), b.val());
+    pub(crate) fn linear_in_out(&mut self, prefix: &str, l: &impl LinearParts) {
+        self.tensor(format!("{prefix}.weight"), l.weight_value());
+        if let Some(b) = l.bias_value() {
+            self.tensor(format!("{prefix}.bias"), b);
         }
     }
 
     /// A `Linear` as PyTorch `[out, in]`.
-    pub(crate) fn linear_out_in(&mut self, prefix: &str, l: &Linear) {
-        self.tensor(format!("{prefix}.weight"), l.weight.val().transpose());
-        if let Some(b) = &l.bias {
-            self.tensor(format!("{prefix}.bias"), b.val());
+    pub(crate) fn linear_out_in(&mut self, prefix: &str, l: &impl LinearParts) {
+        self.tensor(format!("{prefix}.weight"), l.weight_value().transpose());
+        if let Some(b) = l.bias_value() {
+            self.tensor(format!("{prefix}.bias"), b);
         }
     }
 
