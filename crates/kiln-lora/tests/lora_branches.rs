@@ -176,6 +176,41 @@ fn dora_on_gpt2_has_peft_gradients_with_the_norm_detached() {
 }
 
 #[test]
+fn saving_an_adapted_model_writes_the_merged_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let base = Gpt2LmHead::load(
+        fixtures().join("models/gpt2"),
+        &device,
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let peft = Adapter::load(fixtures().join("adapters/gpt2_dora")).unwrap();
+    let (model, _) = train::attach(base, &peft.config, 0).unwrap();
+    let model = train::load_factors(model, &peft).unwrap();
+    let dir = tmp.path().join("saved");
+    model
+        .save(&dir, kiln_checkpoint::Dtype::F32, false)
+        .unwrap();
+    std::fs::copy(
+        fixtures().join("models/gpt2/config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    let plain = Gpt2LmHead::load(&dir, &device, LoadOptions::default()).unwrap();
+    let ids = Tensor::<2, Int>::from_data(
+        TensorData::new(vec![3i64, 9, 27, 14, 5, 1, 2, 3, 4, 6], [2, 5]),
+        &device,
+    );
+    close(
+        &values(plain.forward(ids.clone(), None, None)),
+        &values(model.forward(ids, None, None)),
+        "the saved checkpoint computes what the adapted model does",
+    );
+    assert!(plain.transformer.h[0].attn.c_attn.lora.is_empty());
+}
+
+#[test]
 fn bert_query_and_value_adapters_live_in_the_fused_qkv_with_peft_gradients() {
     let tmp = tempfile::tempdir().unwrap();
     let device = Device::flex().autodiff();

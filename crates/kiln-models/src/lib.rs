@@ -22,6 +22,9 @@
 //!   classification heads.
 //! - [`auto`]: [`AutoModel`](auto::AutoModel) loads a directory whatever its family and head
 //!   (from `config.json`, read once) and computes its logits with every id checked first.
+//! - [`dense`]: the linear layer of GPT-2 and BERT, with room for LoRA/DoRA branches on its
+//!   input, and [`DenseLayers`](dense::DenseLayers), which names a model's layers as Hugging Face
+//!   does (what kiln-lora attaches adapters to).
 //! - [`generate`]: greedy and sampled generation (temperature, top-k, top-p, seeded).
 //! - Loading by explicit name from single or sharded safetensors (via `kiln-checkpoint`), with
 //!   missing and unexpected weights reported as errors unless allowed ([`LoadOptions`]), and saving
