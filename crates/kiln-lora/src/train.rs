@@ -95,7 +95,7 @@ pub fn parameters<M: Module>(model: &M) -> Vec<(String, Vec<usize>, bool)> {
 }
 
 /// The modules of a kiln model as kiln-lora sees checkpoint modules, by their Hugging Face
-/// names: every linear module a [`Dense`] layer holds (stored `[in, out]`, like GPT-2's
+/// names: every linear module a [`Dense`](kiln_models::dense::Dense) layer holds (stored `[in, out]`, like GPT-2's
 /// `Conv1D`; BERT's `query`/`key`/`value` are column ranges of kiln's fused `qkv`) and every
 /// embedding table (`[num_embeddings, dim]`).
 pub fn inventory<M: Module + DenseLayers>(model: &M) -> Inventory {
@@ -249,7 +249,7 @@ impl Reparameterizer for &mut Freeze {
 /// column, initialised to the column norms as PEFT does), `init_lora_weights` (`true`,
 /// `"gaussian"`, `"pissa"`, `"olora"`; random inits drawn from `seed` and the module's name) and
 /// `bias` (`all` / `lora_only` biases stay trainable). Linear modules get a [`LoraBranch`] on
-/// their [`Dense`] layer (computed on the layer input: `x·W + s·dropout(x)·A·B`); embeddings use
+/// their [`Dense`](kiln_models::dense::Dense) layer (computed on the layer input: `x·W + s·dropout(x)·A·B`); embeddings use
 /// burn's weight reparameterisation. Every other parameter is frozen, so an optimiser keeps
 /// state only for what trains.
 ///
