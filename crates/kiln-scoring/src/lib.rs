@@ -11,6 +11,8 @@
 //! - [`ScoreTracker`]: both for every example of a data set, addressed by example id; AUM and
 //!   dataset cartography (confidence, variability, correctness) read from it.
 //! - [`stats`]: `scipy.stats.rankdata`'s average-tie ranks, Pearson and Spearman correlation.
+//! - [`train`] (feature `train`, default): [`TrainingScores`](train::TrainingScores), a
+//!   kiln-train algorithm that fills a tracker from every micro-batch during training.
 //!
 //! ```
 //! use kiln_scoring::{Pointwise, stats};
@@ -34,6 +36,8 @@ pub mod online;
 pub mod pointwise;
 pub mod stats;
 pub mod tracker;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use error::{Error, Result};
 pub use online::{Forgetting, Welford};

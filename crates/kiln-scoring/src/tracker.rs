@@ -119,6 +119,11 @@ impl ScoreTracker {
         Ok(())
     }
 
+    /// Adds one measurement for example `id` (panics past `len()`, like slice indexing).
+    pub fn add(&mut self, id: usize, p: &Pointwise) {
+        self.examples[id].add(p);
+    }
+
     /// The accumulated scores of example `id` (panics past `len()`, like slice indexing).
     pub fn example(&self, id: usize) -> &ExampleScores {
         &self.examples[id]
