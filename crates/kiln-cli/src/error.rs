@@ -26,6 +26,10 @@ pub(crate) enum CliError {
     #[error(transparent)]
     Lora(#[from] kiln_lora::Error),
 
+    /// An error of the scoring crate (score files, runs that do not fit together, ...).
+    #[error(transparent)]
+    Scoring(#[from] kiln_scoring::Error),
+
     /// An error of the models crate (config, weights, device, tokenizer, ...).
     #[error(transparent)]
     Models(#[from] kiln_models::Error),

@@ -10,6 +10,8 @@
 //! kiln scaling cost --params 30B --requests 1e9 --input-tokens 500 --output-tokens 100
 //! kiln scaling fit --csv runs.csv --json > law.json
 //! kiln scaling sweep --loss 2.0 --output sweep.svg --law law.json
+//! kiln scores consistency runs/mlp-*.scores --score el2n_mean --json
+//! kiln scores fingerprint --group mlp=a.scores,b.scores,c.scores --group cnn=d.scores,e.scores,f.scores
 //! ```
 //!
 //! Every subcommand prints a table by default and `--json` / `--csv` for scripts. Errors go to
@@ -23,6 +25,7 @@ mod output;
 mod progress;
 mod run;
 mod scaling;
+mod scores;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -57,6 +60,11 @@ enum Command {
     /// fitting your own runs, sweeps (Sardana et al., "Beyond Chinchilla-Optimal", ICML 2024).
     #[command(subcommand)]
     Scaling(Box<scaling::ScalingCommand>),
+    /// Example-difficulty scores across runs: how consistent a score is, and which examples
+    /// fingerprint an architecture (Kwok et al., "Dataset Difficulty and the Role of Inductive
+    /// Bias"); reads kiln-scoring's NAME.scores directories.
+    #[command(subcommand)]
+    Scores(scores::ScoresCommand),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +96,7 @@ fn main() -> ExitCode {
         }
         Command::Scaling(cmd) => scaling::run(*cmd),
         Command::Lora(cmd) => lora::run(cmd),
+        Command::Scores(cmd) => scores::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,6 +23,14 @@ pub enum Error {
         /// How to fix it.
         hint: &'static str,
     },
+    /// A score file that cannot be written or read.
+    #[error("{path}: {message}")]
+    File {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// A non-finite logit.
     #[error(
         "example {example}: logit {value} is not finite; scores need finite logits (check the model's outputs for overflow)"

@@ -10,6 +10,11 @@
 //!   `start_at_zero`, first learned, first unforgettable, first forgotten, first unlearnable).
 //! - [`ScoreTracker`]: both for every example of a data set, addressed by example id; AUM and
 //!   dataset cartography (confidence, variability, correctness) read from it.
+//! - [`consistency`]: split-half correlation of single runs, its growth when averaging R runs,
+//!   cross-score correlations, PCA explained variance.
+//! - [`fingerprint`]: per-example permutation tests between architectures (seeded, BH-adjusted)
+//!   and a leave-one-run-out nearest-centroid classifier on the most sensitive examples.
+//! - [`files`]: one `NAME.scores/` directory per run — `scores.csv` and `manifest.json`.
 //! - [`stats`]: `scipy.stats.rankdata`'s average-tie ranks, Pearson and Spearman correlation.
 //! - [`train`] (feature `train`, default): [`TrainingScores`](train::TrainingScores), a
 //!   kiln-train algorithm that fills a tracker from every micro-batch during training.
@@ -31,7 +36,10 @@
 
 #![warn(missing_docs)]
 
+pub mod consistency;
 mod error;
+pub mod files;
+pub mod fingerprint;
 pub mod online;
 pub mod pointwise;
 pub mod stats;

@@ -225,3 +225,24 @@ fn bad_input_is_an_error_not_a_panic() {
     w.add(2.0);
     assert_eq!((w.mean(), w.variance()), (Some(2.0), None));
 }
+
+#[test]
+fn pca_and_benjamini_hochberg_equal_numpy_and_scipy() {
+    let f = fixture();
+    let cols: Vec<Vec<f64>> = f["pca"]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(f64s)
+        .collect();
+    for (rank, key) in [(true, "rank"), (false, "raw")] {
+        let got = kiln_scoring::consistency::explained_variance(&cols, rank).unwrap();
+        for (i, (g, w)) in got.iter().zip(f64s(&f["pca"][key])).enumerate() {
+            close(*g, w, 1e-12, &format!("{key} component {i}"));
+        }
+    }
+    let q = kiln_scoring::fingerprint::benjamini_hochberg(&f64s(&f["bh"]["p"]));
+    for (i, (g, w)) in q.iter().zip(f64s(&f["bh"]["q"])).enumerate() {
+        close(*g, w, 1e-12, &format!("q {i}"));
+    }
+}
