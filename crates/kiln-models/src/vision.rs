@@ -421,6 +421,17 @@ impl ImageClassifier {
     /// # Errors
     /// [`Error::Input`] when the images are not `[B, C, H, W]` of the config's shape.
     pub fn forward(&self, images: Tensor<4>) -> Result<Tensor<2>> {
+        let features = self.features(images)?;
+        Ok(self.head(features))
+    }
+
+    /// The representation the classification head reads, `[B, d]`: the MLP's last hidden
+    /// layer, the ResNet's pooled features, the ViT's final class token (after its norm) — what
+    /// last-layer gradient scores and prototype distances use.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn features(&self, images: Tensor<4>) -> Result<Tensor<2>> {
         let [b, c, h, w] = images.dims();
         if [c, h, w] != self.input {
             return Err(Error::Input {
@@ -436,7 +447,7 @@ impl ImageClassifier {
                 for l in &m.layers {
                     x = relu(l.forward(x));
                 }
-                m.head.forward(x)
+                x
             }
             Network::Resnet(r) => {
                 let mut x = relu(r.bn1.forward(r.conv1.forward(images)));
@@ -450,7 +461,7 @@ impl ImageClassifier {
                     x = relu(y + shortcut);
                 }
                 let [b, ch, hh, ww] = x.dims();
-                r.fc.forward(x.reshape([b, ch, hh * ww]).mean_dim(2).reshape([b, ch]))
+                x.reshape([b, ch, hh * ww]).mean_dim(2).reshape([b, ch])
             }
             Network::Vit(v) => {
                 let x = v.patch_embed.forward(images); // [B, dim, h', w']
@@ -465,10 +476,18 @@ impl ImageClassifier {
                 }
                 let x = v.norm.forward(x);
                 let [b, _, dim] = x.dims();
-                v.head
-                    .forward(x.slice([0..b, 0..1, 0..dim]).reshape([b, dim]))
+                x.slice([0..b, 0..1, 0..dim]).reshape([b, dim])
             }
         })
+    }
+
+    /// The classification head on [`features`](Self::features): logits `[B, classes]`.
+    pub fn head(&self, features: Tensor<2>) -> Tensor<2> {
+        match &self.net {
+            Network::Mlp(m) => m.head.forward(features),
+            Network::Resnet(r) => r.fc.forward(features),
+            Network::Vit(v) => v.head.forward(features),
+        }
     }
 
     /// Reads a directory written by [`save`](Self::save) (or by the fixture script):

@@ -14,6 +14,8 @@
 //!   cross-score correlations, PCA explained variance.
 //! - [`fingerprint`]: per-example permutation tests between architectures (seeded, BH-adjusted)
 //!   and a leave-one-run-out nearest-centroid classifier on the most sensitive examples.
+//! - [`gradient`] (feature `train`): GraNd — exact per-example gradient norms, and the
+//!   closed-form last-layer version.
 //! - [`files`]: one `NAME.scores/` directory per run — `scores.csv` and `manifest.json`.
 //! - [`stats`]: `scipy.stats.rankdata`'s average-tie ranks, Pearson and Spearman correlation.
 //! - [`train`] (feature `train`, default): [`TrainingScores`](train::TrainingScores), a
@@ -40,6 +42,8 @@ pub mod consistency;
 mod error;
 pub mod files;
 pub mod fingerprint;
+#[cfg(feature = "train")]
+pub mod gradient;
 pub mod online;
 pub mod pointwise;
 pub mod stats;
