@@ -15,6 +15,8 @@
 //!                                            "Soup to go" (SFA vs L2/EWC/replay/merges, Kleiman et al.) at small scale
 //! cargo xtask repro distill [--quick] [--out DIR]
 //!                                            KD for sequences of related runs (MosaicML) at small scale
+//! cargo xtask repro difficulty [--quick] [--out DIR]
+//!                                            example-difficulty consistency and fingerprints (Kwok et al.) at small scale
 //! cargo xtask gpu-check build|cpu|lavapipe offline CUDA build of kiln-gpu-check (docs/GPU.md) / its CPU half / on lavapipe
 //! cargo xtask bench scaling                  criterion benches + the scipy anchor → docs/BENCHMARKS.md
 //! cargo xtask bench train                   one tiny-BERT training step: burn flex vs PyTorch CPU
@@ -22,6 +24,7 @@
 //! cargo xtask bench models                   burn flex vs PyTorch CPU tokens/s (GPT-2 small, BERT-base)
 //! cargo xtask bench continual                per-step overhead of SFA/EMA/L2/EWC/replay on GPT-2 small
 //! cargo xtask bench distill                  a KD step (live teacher, cached top-k) vs a plain step on GPT-2 small
+//! cargo xtask bench scoring                  the cost of scoring every example during an image-classification step
 //! cargo xtask profile train|models [--before REV]
 //!                                            where a CPU step's time goes (perf; torch.profiler) → docs/BENCHMARKS.md
 //! cargo xtask flex-patch test|bench          a burn-flex patch prepared for upstream: tested / measured
@@ -33,11 +36,13 @@ mod bench_distill;
 mod bench_lora;
 mod bench_merge;
 mod bench_models;
+mod bench_scoring;
 mod bench_train;
 mod ci;
 mod flex_patch;
 mod gpu_check;
 mod profile;
+mod repro_difficulty;
 mod repro_distill;
 mod repro_lora;
 mod repro_masking;
@@ -88,6 +93,14 @@ commands:
                                     ensemble): steps and training time to the independent run's loss, KD
                                     overhead, whole-sequence cost → DIR (default docs/reproductions):
                                     distill.md + distill-curves.svg (--quick: 2 tiny runs)
+  repro difficulty [--quick] [--out DIR] [--seeds N] [--device cpu|cuda[:N]]
+                                    MLP, ResNet and ViT × N seeds (default 8) on the UCI digits with
+                                    every example scored at every presentation: split-half consistency
+                                    and its rise with averaged runs, score correlations and PCA,
+                                    agreement between architectures, permutation-test fingerprints
+                                    and a held-out-run classifier → DIR (default docs/reproductions):
+                                    difficulty.md + difficulty-consistency.svg (--quick: 4 seeds,
+                                    2 epochs)
   gpu-check build                   build kiln-gpu-check for CUDA without network (DOCS_RS=1, NVRTC kernels,
                                     LLVM symbols stubbed; see docs/GPU.md) into gpu-check/, with fusion
                                     and without (kiln-gpu-check-no-fusion, for --no-fusion-binary)
@@ -107,6 +120,8 @@ commands:
   bench distill                     a GPT-2-small training step plain, with a live teacher of equal size and with
                                     cached top-32/top-128 logits (3 alternating runs per mode), cache bytes per
                                     token → docs/BENCHMARKS.md
+  bench scoring                     an image-classification step on the digits (MLP, small ResNet) plain and with
+                                    kiln-scoring's TrainingScores (3 alternating runs) → docs/BENCHMARKS.md
   bench train                       one training step of a tiny BERT (forward, MLM loss, backward, clipping,
                                     AdamW) on the CPU, beside PyTorch → docs/BENCHMARKS.md
   profile train|models [--before REV]
@@ -134,10 +149,12 @@ fn main() -> ExitCode {
         ["repro", "masking", rest @ ..] => repro_masking::command(rest),
         ["repro", "lora", rest @ ..] => repro_lora::command(rest),
         ["repro", "sfa", rest @ ..] => repro_sfa::command(rest),
+        ["repro", "difficulty", rest @ ..] => repro_difficulty::command(rest),
         ["repro", "distill", rest @ ..] => repro_distill::command(rest),
         ["bench", "scaling", rest @ ..] => bench::scaling(rest),
         ["bench", "merge", rest @ ..] => bench_merge::merge(rest),
         ["bench", "lora", rest @ ..] => bench_lora::lora(rest),
+        ["bench", "scoring", rest @ ..] => bench_scoring::scoring(rest),
         ["bench", "models", rest @ ..] => bench_models::models(rest),
         ["bench", "train", rest @ ..] => bench_train::train(rest),
         ["bench", "continual", rest @ ..] => bench_continual::continual(rest),
