@@ -409,19 +409,6 @@ fn plot(a: &Analysis) -> Result<String> {
     Ok(svg)
 }
 
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn report(setup: &Setup, all: &[(String, Vec<Run>)], a: &Analysis, minutes: f64) -> String {
     let mut out = String::new();
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -452,11 +439,10 @@ fn report(setup: &Setup, all: &[(String, Vec<Run>)], a: &Analysis, minutes: f64)
     );
     for (arch, (name, runs)) in archs().iter().zip(all) {
         let accs: Vec<f64> = runs.iter().map(|r| r.test_acc).collect();
-        let lo = accs.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = accs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let acc = crate::bench::Spread::of(&accs);
         let _ = writeln!(
             out,
-            "- **{name}**: {}; AdamW lr {:e}; test accuracy median {:.3} ({lo:.3}–{hi:.3}) over {} seeds.",
+            "- **{name}**: {}; AdamW lr {:e}; test accuracy median {} over {} seeds.",
             match &arch.config {
                 VisionConfig::Mlp(c) => format!("an MLP 64 → {:?} → 10", c.hidden),
                 VisionConfig::Resnet(c) => format!(
@@ -469,7 +455,7 @@ fn report(setup: &Setup, all: &[(String, Vec<Run>)], a: &Analysis, minutes: f64)
                 ),
             },
             arch.lr,
-            median(&accs),
+            acc.map_or_else(|| "–".into(), |a| a.show(|x| format!("{x:.3}"))),
             runs.len()
         );
     }
