@@ -85,7 +85,8 @@ pub(crate) fn walk_with<M: Module>(
     w.out
 }
 
-/// Every float parameter of `model`: its path (LoRA factors as `….weight.lora.a` / `.b`), shape
+/// Every float parameter of `model`: its path (LoRA factors of a linear layer as `….lora.0.a` /
+/// `.b` / `.magnitude`, of an embedding as `….weight.lora.a` / `.b`), shape
 /// and whether it trains.
 pub fn parameters<M: Module>(model: &M) -> Vec<(String, Vec<usize>, bool)> {
     walk_with(model, false)
