@@ -59,6 +59,51 @@ pub fn grand<M: Module>(
         .collect()
 }
 
+/// The gradient of each example's true-class **logit** with respect to its input (VoG's
+/// saliency, Agarwal et al.), `[B, C, H, W]` flattened: `logits` computes the model's logits
+/// `[B, classes]` from images on the model's autodiff device. Examples must not interact in the
+/// forward pass (no batch norm in training mode), as each gradient is read from one backward
+/// pass over the batch's summed true-class logits.
+///
+/// # Errors
+/// [`Error::Shape`] carrying `logits`' message, for a label count that differs from the batch,
+/// or when the images receive no gradient (they are not on an autodiff device).
+pub fn input_gradients<M>(
+    model: &M,
+    images: Tensor<4>,
+    labels: &[usize],
+    logits: impl FnOnce(&M, Tensor<4>) -> std::result::Result<Tensor<2>, String>,
+) -> Result<Vec<f64>> {
+    let [b, ..] = images.dims();
+    if labels.len() != b {
+        return Err(Error::Shape {
+            what: "input_gradients".into(),
+            message: format!("{} labels for {b} images", labels.len()),
+        });
+    }
+    let device = images.device();
+    let x = images.require_grad();
+    let z = logits(model, x.clone()).map_err(|message| Error::Shape {
+        what: "the logits".into(),
+        message,
+    })?;
+    let idx: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+    let y = Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(idx, [b, 1]), &device);
+    let grads = z.gather(1, y).sum().backward();
+    let g = x.grad(&grads).ok_or_else(|| Error::Shape {
+        what: "input_gradients".into(),
+        message: "the images got no gradient; put them on an autodiff device (Device::autodiff)"
+            .into(),
+    })?;
+    g.into_data()
+        .convert::<f64>()
+        .try_to_vec::<f64>()
+        .map_err(|e| Error::Shape {
+            what: "input gradients".into(),
+            message: format!("{e:?}"),
+        })
+}
+
 /// GraNd restricted to a final linear layer `logits = W·h + b`, in closed form: the gradient of
 /// the cross-entropy is `(p − onehot(y)) ⊗ h` for `W` and `p − onehot(y)` for `b`, so its norm
 /// is `EL2N · √(‖h‖² + 1)` (without a bias: `EL2N · ‖h‖`). `features` is `h`, the head's input.

@@ -16,6 +16,9 @@
 //!   and a leave-one-run-out nearest-centroid classifier on the most sensitive examples.
 //! - [`gradient`] (feature `train`): GraNd — exact per-example gradient norms, and the
 //!   closed-form last-layer version.
+//! - [`vog`]: Variance of Gradients over checkpoints (Agarwal et al.'s and
+//!   nn_example_difficulty's forms, class-normalised); the input gradients come from
+//!   [`gradient::input_gradients`] (feature `train`).
 //! - [`files`]: one `NAME.scores/` directory per run — `scores.csv` and `manifest.json`.
 //! - [`stats`]: `scipy.stats.rankdata`'s average-tie ranks, Pearson and Spearman correlation.
 //! - [`train`] (feature `train`, default): [`TrainingScores`](train::TrainingScores), a
@@ -50,6 +53,7 @@ pub mod stats;
 pub mod tracker;
 #[cfg(feature = "train")]
 pub mod train;
+pub mod vog;
 
 pub use error::{Error, Result};
 pub use online::{Forgetting, Welford};

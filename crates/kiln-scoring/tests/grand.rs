@@ -89,3 +89,76 @@ fn grand_equals_vmap_grad() {
         last[0]
     );
 }
+
+#[test]
+fn vog_equals_torch_over_three_checkpoints() {
+    use kiln_scoring::gradient::input_gradients;
+    use kiln_scoring::vog::{Vog, normalise_within_class};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("grand.json")).unwrap()).unwrap();
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("vog.json")).unwrap()).unwrap();
+    let d = Device::flex().autodiff();
+    let images: Vec<f32> = f64s(&r["images"]).into_iter().map(|x| x as f32).collect();
+    let labels: Vec<usize> = r["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect();
+    let n = labels.len();
+    let want_grads = f64s(&v["gradients"]);
+    let mut vog = Vog::new(n, 1, 12);
+    let ids: Vec<usize> = (0..n).collect();
+    for k in 0..3 {
+        let model =
+            ImageClassifier::load(dir.join(format!("vog_ckpt{k}")), &d, LoadOptions::default())
+                .unwrap();
+        let x = Tensor::<4>::from_data(TensorData::new(images.clone(), [n, 1, 4, 3]), &d);
+        let g = input_gradients(&model, x, &labels, |m, x| {
+            m.forward(x).map_err(|e| e.to_string())
+        })
+        .unwrap();
+        for (i, (a, b)) in g
+            .iter()
+            .zip(&want_grads[k * n * 12..(k + 1) * n * 12])
+            .enumerate()
+        {
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "checkpoint {k} gradient {i}: {a} vs {b}"
+            );
+        }
+        vog.add(&ids, &g).unwrap();
+    }
+    let close = |got: &[f64], want: &[f64], what: &str| {
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1e-3),
+                "{what} {i}: {a} vs {b}"
+            );
+        }
+    };
+    close(
+        &vog.scores(false).unwrap(),
+        &f64s(&v["vog_variance"]),
+        "variance VoG",
+    );
+    let std = vog.scores(true).unwrap();
+    close(&std, &f64s(&v["vog_std"]), "std VoG");
+    close(
+        &normalise_within_class(&std, &labels).unwrap(),
+        &f64s(&v["vog_std_normalised"]),
+        "normalised VoG",
+    );
+    // one checkpoint is not enough for a variance
+    let mut one = Vog::new(1, 1, 2);
+    one.add(&[0], &[1.0, 2.0]).unwrap();
+    assert!(
+        one.scores(true)
+            .unwrap_err()
+            .to_string()
+            .contains("at least two")
+    );
+}
