@@ -16,6 +16,8 @@
 //!   and a leave-one-run-out nearest-centroid classifier on the most sensitive examples.
 //! - [`gradient`] (feature `train`): GraNd — exact per-example gradient norms, and the
 //!   closed-form last-layer version.
+//! - [`depth`]: prediction depth — kNN probes per layer, as nn_example_difficulty and Baldock
+//!   et al. define it.
 //! - [`vog`]: Variance of Gradients over checkpoints (Agarwal et al.'s and
 //!   nn_example_difficulty's forms, class-normalised); the input gradients come from
 //!   [`gradient::input_gradients`] (feature `train`).
@@ -42,6 +44,7 @@
 #![warn(missing_docs)]
 
 pub mod consistency;
+pub mod depth;
 mod error;
 pub mod files;
 pub mod fingerprint;

@@ -246,3 +246,21 @@ fn pca_and_benjamini_hochberg_equal_numpy_and_scipy() {
         close(*g, w, 1e-12, &format!("q {i}"));
     }
 }
+
+#[test]
+fn prediction_depth_equals_nn_example_difficulty() {
+    use kiln_scoring::depth::{Probe, prediction_depth};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/depth.json");
+    let f: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let labels = usizes(&f["labels"]);
+    let dims = usizes(&f["dims"]);
+    let layers: Vec<Vec<f64>> = f["layers"].as_array().unwrap().iter().map(f64s).collect();
+    let k = f["k"].as_u64().unwrap() as usize;
+    let got = prediction_depth(&layers, &dims, &labels, &labels, k, Probe::IncludeSelf).unwrap();
+    assert_eq!(got, usizes(&f["depth"]));
+    assert!(got.contains(&0) && got.contains(&dims.len()));
+    assert!(prediction_depth(&layers, &dims, &labels, &labels, 0, Probe::IncludeSelf).is_err());
+    assert!(
+        prediction_depth(&layers[..2], &dims, &labels, &labels, k, Probe::IncludeSelf).is_err()
+    );
+}
