@@ -20,7 +20,7 @@ use kiln_train::tasks::ImageClassificationTask;
 use kiln_train::{Algorithm, Context, Event, OptimizerConfig, Trainer, TrainerConfig};
 
 const BATCH: usize = 64;
-const STEPS: u64 = 41;
+const STEPS: u64 = 201;
 
 struct Clock {
     started: Option<Instant>,
