@@ -99,8 +99,8 @@ commands:
                                     and its rise with averaged runs, score correlations and PCA,
                                     agreement between architectures, permutation-test fingerprints
                                     and a held-out-run classifier → DIR (default docs/reproductions):
-                                    difficulty.md + difficulty-consistency.svg (--quick: 4 seeds,
-                                    2 epochs)
+                                    difficulty.md + difficulty-consistency.svg +
+                                    difficulty-sensitive.svg (--quick: 4 seeds, 2 epochs)
   gpu-check build                   build kiln-gpu-check for CUDA without network (DOCS_RS=1, NVRTC kernels,
                                     LLVM symbols stubbed; see docs/GPU.md) into gpu-check/, with fusion
                                     and without (kiln-gpu-check-no-fusion, for --no-fusion-binary)

@@ -6,7 +6,8 @@
 //! the report measures how consistent single runs are (split-half Spearman), how that rises when
 //! averaging R runs, how the scores correlate (and their PCA), how architectures agree, and
 //! whether a few examples fingerprint an architecture (permutation tests + a held-out-run
-//! classifier). Writes `difficulty.md` and `difficulty-consistency.svg`.
+//! classifier). Writes `difficulty.md`, `difficulty-consistency.svg` and
+//! `difficulty-sensitive.svg` (the most sensitive digits).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,9 @@ use crate::{Result, root, write_atomic};
 
 const REPORT: &str = "difficulty.md";
 const PLOT: &str = "difficulty-consistency.svg";
+const EXAMPLES: &str = "difficulty-sensitive.svg";
+/// Sensitive examples drawn in the report.
+const SHOWN: usize = 12;
 /// The scores the report follows (columns of the score tables).
 const SCORES: [&str; 8] = [
     "loss_mean",
@@ -167,6 +171,10 @@ pub(crate) fn command(args: &[&str]) -> Result {
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     let analysis = analyse(&setup, &runs)?;
     write_atomic(&out.join(PLOT), plot(&analysis)?.as_bytes())?;
+    write_atomic(
+        &out.join(EXAMPLES),
+        sensitive_svg(&runs, &analysis)?.as_bytes(),
+    )?;
     let md = report(&setup, &runs, &analysis, minutes);
     write_atomic(&out.join(REPORT), md.as_bytes())?;
     eprintln!("wrote {} and its plot", out.join(REPORT).display());
@@ -409,6 +417,82 @@ fn plot(a: &Analysis) -> Result<String> {
     Ok(svg)
 }
 
+/// The most architecture-sensitive examples (smallest permutation p-value over the pairs of
+/// architectures, then the largest rank difference), with each architecture's run-averaged
+/// rank of the main score (higher = harder).
+fn most_sensitive(a: &Analysis) -> Vec<(usize, f64, f64)> {
+    let mut best: std::collections::BTreeMap<usize, (f64, f64)> = std::collections::BTreeMap::new();
+    for p in &a.fingerprint.pairs {
+        for t in &p.tests {
+            let e = best.entry(t.example).or_insert((f64::INFINITY, 0.0));
+            if t.p < e.0 || (t.p == e.0 && t.difference.abs() > e.1) {
+                *e = (t.p, t.difference.abs());
+            }
+        }
+    }
+    let mut v: Vec<(usize, f64, f64)> = best.into_iter().map(|(e, (p, d))| (e, p, d)).collect();
+    v.sort_by(|x, y| {
+        x.1.total_cmp(&y.1)
+            .then(y.2.total_cmp(&x.2))
+            .then(x.0.cmp(&y.0))
+    });
+    v.truncate(SHOWN);
+    v
+}
+
+/// The [`most_sensitive`] digits as an SVG grid: the 8×8 image, its id and label, and each
+/// architecture's rank of the run-averaged main score.
+fn sensitive_svg(all: &[(String, Vec<Run>)], a: &Analysis) -> Result<String> {
+    let set = ImageSet::digits()?;
+    let ranks: Vec<Vec<f64>> = a
+        .archs
+        .iter()
+        .map(|x| kiln_scoring::stats::rankdata(&x.averaged))
+        .collect::<std::result::Result<_, _>>()?;
+    let n = ranks.first().map_or(0, Vec::len);
+    let shown = most_sensitive(a);
+    let (cell, px, cols) = (150usize, 12usize, 6usize);
+    let rows = shown.len().div_ceil(cols).max(1);
+    let (w, h) = (cols * cell, rows * (cell + 40) + 30);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n<text x=\"8\" y=\"18\" font-size=\"13\">Most architecture-sensitive training digits ({MAIN}; rank of {n}, higher = harder)</text>\n"
+    );
+    for (k, &(row, p, _)) in shown.iter().enumerate() {
+        let id = all[0].1[0].table.rows[row][0].unwrap_or(f64::NAN) as usize;
+        let (x0, y0) = ((k % cols) * cell + 27, (k / cols) * (cell + 40) + 30);
+        let img = set.image(id);
+        for (i, v) in img.iter().enumerate() {
+            let g = (255.0 * (1.0 - f64::from(*v))).round() as u8;
+            let _ = writeln!(
+                svg,
+                "<rect x=\"{}\" y=\"{}\" width=\"{px}\" height=\"{px}\" fill=\"rgb({g},{g},{g})\"/>",
+                x0 + (i % set.width) * px,
+                y0 + (i / set.width) * px
+            );
+        }
+        let _ = writeln!(
+            svg,
+            "<text x=\"{x0}\" y=\"{}\">#{id} (label {}) p {p:.3}</text>",
+            y0 + set.height * px + 14,
+            set.labels[id]
+        );
+        let line: Vec<String> = a
+            .archs
+            .iter()
+            .zip(&ranks)
+            .map(|(x, r)| format!("{} {:.0}", x.name, r[row]))
+            .collect();
+        let _ = writeln!(
+            svg,
+            "<text x=\"{x0}\" y=\"{}\" font-size=\"10\">{}</text>",
+            y0 + set.height * px + 28,
+            line.join(" · ")
+        );
+    }
+    svg.push_str("</svg>\n");
+    Ok(svg)
+}
+
 fn report(setup: &Setup, all: &[(String, Vec<Run>)], a: &Analysis, minutes: f64) -> String {
     let mut out = String::new();
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -600,6 +684,12 @@ fn report(setup: &Setup, all: &[(String, Vec<Run>)], a: &Analysis, minutes: f64)
                 .join(", ")
         );
     }
+    let _ = writeln!(
+        out,
+        "\n![the most architecture-sensitive digits]({EXAMPLES})\n\nThe {} digits above have the smallest permutation p-values between some pair of architectures; under each, every architecture's rank of the run-averaged `{MAIN}` among the {} training digits (higher = harder for that architecture).\n",
+        most_sensitive(a).len(),
+        all[0].1[0].table.rows.len()
+    );
     let _ = writeln!(
         out,
         "- A nearest-centroid classifier on the {} most sensitive examples names the architecture of a held-out run with accuracy {:.3} (chance {:.3}, {} runs){}.\n",
