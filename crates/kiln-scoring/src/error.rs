@@ -31,6 +31,10 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// Writing a score directory failed (kiln-checkpoint's atomic output: an existing output
+    /// without `force`, I/O).
+    #[error(transparent)]
+    Checkpoint(#[from] kiln_checkpoint::Error),
     /// A non-finite logit.
     #[error(
         "example {example}: logit {value} is not finite; scores need finite logits (check the model's outputs for overflow)"

@@ -3,7 +3,7 @@
 //! were measured on, the data set's order, the recipe and the seed).
 //!
 //! CSV with a JSON manifest rather than Parquet: pandas, polars, R, DuckDB and a spreadsheet read
-//! it without extra libraries, the table is small (50,000 examples × 30 columns is ~15 MB), and
+//! it without extra libraries, the table is small (one row of ~30 numbers per example), and
 //! kiln-scoring stays free of arrow's dependency tree. Values are written with Rust's shortest
 //! round-trip formatting, so reading a file back gives the same f64 bits; an empty cell is a
 //! missing value (a variance from one measurement).
@@ -24,8 +24,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -193,38 +192,14 @@ impl ScoreTable {
             .collect()
     }
 
-    /// Writes `dir` (`scores.csv`, `manifest.json`) atomically: into a temporary sibling, synced,
-    /// then renamed. An existing `dir` is replaced only with `force`.
+    /// Writes `dir` (`scores.csv`, `manifest.json`) atomically through kiln-checkpoint's
+    /// [`AtomicDir`](kiln_checkpoint::AtomicDir): into a hidden sibling, synced, then renamed; an
+    /// existing `dir` is replaced only with `force`, and only at that rename.
     ///
     /// # Errors
-    /// [`Error::File`] for an existing output without `force`, or a failed write.
+    /// [`Error::Checkpoint`] for an existing output without `force` or a failed write.
     pub fn save(&self, dir: &Path, force: bool) -> Result<()> {
-        if dir.exists() && !force {
-            return Err(file_error(
-                dir,
-                "exists already; choose another path or pass force to replace it",
-            ));
-        }
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = dir
-            .file_name()
-            .ok_or_else(|| file_error(dir, "is not a directory name"))?
-            .to_string_lossy()
-            .into_owned();
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        let io = |e: std::io::Error| file_error(&tmp, e.to_string());
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io)?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(io)?;
-        let write = |file: &str, bytes: &[u8]| -> Result<()> {
-            let mut f = std::fs::File::create(tmp.join(file)).map_err(io)?;
-            f.write_all(bytes).map_err(io)?;
-            f.sync_all().map_err(io)
-        };
+        let out = kiln_checkpoint::AtomicDir::create(dir, force)?;
         let mut csv = self.columns.join(",");
         csv.push('\n');
         for row in &self.rows {
@@ -235,20 +210,19 @@ impl ScoreTable {
             csv.push_str(&cells.join(","));
             csv.push('\n');
         }
-        write("scores.csv", csv.as_bytes())?;
         let manifest = serde_json::to_string_pretty(&Manifest {
             examples: self.rows.len(),
             ..self.manifest.clone()
         })
-        .map_err(|e| file_error(&tmp, e.to_string()))?;
-        write("manifest.json", manifest.as_bytes())?;
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| file_error(dir, e.to_string()))?;
+        .map_err(|e| file_error(dir, e.to_string()))?;
+        for (file, bytes) in [
+            ("scores.csv", csv.as_bytes()),
+            ("manifest.json", manifest.as_bytes()),
+        ] {
+            let path = out.path().join(file);
+            std::fs::write(&path, bytes).map_err(|e| file_error(&path, e.to_string()))?;
         }
-        std::fs::rename(&tmp, dir).map_err(|e| file_error(dir, e.to_string()))?;
-        if let Ok(d) = std::fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
+        out.commit()?;
         Ok(())
     }
 
@@ -324,9 +298,4 @@ impl ScoreTable {
             rows,
         })
     }
-}
-
-/// Where a run's score directory goes by convention: `DIR/NAME.scores`.
-pub fn scores_dir(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{name}.scores"))
 }
