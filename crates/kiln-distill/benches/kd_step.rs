@@ -7,8 +7,6 @@
 //! object (step times from `BatchStart` to `BatchEnd`, peak RSS, cache bytes per token, capture
 //! seconds); `cargo xtask bench distill` runs them all and records them in docs/BENCHMARKS.md.
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::Instant;
 
 use kiln_distill::gpt2::{Gpt2Teacher, capture};
@@ -19,7 +17,8 @@ use kiln_models::gpt2::{Gpt2Config, Gpt2LmHead};
 use kiln_schedules::Duration;
 use kiln_train::burn::tensor::Device;
 use kiln_train::tasks::CausalLmTask;
-use kiln_train::{Algorithm, Context, Event, OptimizerConfig, Trainer, TrainerConfig};
+use kiln_train::timing::StepClock;
+use kiln_train::{Algorithm, OptimizerConfig, Trainer, TrainerConfig};
 
 const BATCH: usize = 2;
 const SEQ: usize = 64;
@@ -35,29 +34,6 @@ fn peak_rss_mib() -> f64 {
                 .and_then(|v| v.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-struct Clock {
-    started: Option<Instant>,
-    times: Rc<RefCell<Vec<f64>>>,
-}
-
-impl Algorithm<Gpt2LmHead> for Clock {
-    fn name(&self) -> &str {
-        "clock"
-    }
-    fn on_event(&mut self, e: Event, _: &mut Context<'_, Gpt2LmHead>) -> Result<(), String> {
-        match e {
-            Event::BatchStart => self.started = Some(Instant::now()),
-            Event::BatchEnd => {
-                if let Some(t) = self.started.take() {
-                    self.times.borrow_mut().push(t.elapsed().as_secs_f64());
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
 }
 
 fn main() {
@@ -84,11 +60,9 @@ fn main() {
         temperature: 1.0,
         divergence: Divergence::ForwardKl,
     };
-    let times = Rc::new(RefCell::new(Vec::new()));
-    let mut algorithms: Vec<Box<dyn Algorithm<Gpt2LmHead>>> = vec![Box::new(Clock {
-        started: None,
-        times: times.clone(),
-    })];
+    let clock = StepClock::new();
+    let times = clock.handle();
+    let mut algorithms: Vec<Box<dyn Algorithm<Gpt2LmHead>>> = vec![Box::new(clock)];
     let (mut bytes_per_token, mut capture_s) = (0u64, 0.0);
     let dir = std::env::temp_dir().join(format!("kiln-bench-kd-{}", std::process::id()));
     if mode != "plain" {

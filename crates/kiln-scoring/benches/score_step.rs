@@ -6,10 +6,7 @@
 //! object (step times from `BatchStart` to `BatchEnd`); `cargo xtask bench scoring` runs them
 //! alternating and records them in docs/BENCHMARKS.md.
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
 use kiln_data::images::ImageSet;
 use kiln_models::vision::{ImageClassifier, ImageShape, MlpConfig, ResNetConfig, VisionConfig};
@@ -17,33 +14,11 @@ use kiln_schedules::Duration;
 use kiln_scoring::train::TrainingScores;
 use kiln_train::burn::tensor::Device;
 use kiln_train::tasks::ImageClassificationTask;
-use kiln_train::{Algorithm, Context, Event, OptimizerConfig, Trainer, TrainerConfig};
+use kiln_train::timing::StepClock;
+use kiln_train::{Algorithm, OptimizerConfig, Trainer, TrainerConfig};
 
 const BATCH: usize = 64;
 const STEPS: u64 = 201;
-
-struct Clock {
-    started: Option<Instant>,
-    times: Rc<RefCell<Vec<f64>>>,
-}
-
-impl Algorithm<ImageClassifier> for Clock {
-    fn name(&self) -> &str {
-        "clock"
-    }
-    fn on_event(&mut self, e: Event, _: &mut Context<'_, ImageClassifier>) -> Result<(), String> {
-        match e {
-            Event::BatchStart => self.started = Some(Instant::now()),
-            Event::BatchEnd => {
-                if let Some(t) = self.started.take() {
-                    self.times.borrow_mut().push(t.elapsed().as_secs_f64());
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args()
@@ -83,11 +58,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let set = Arc::new(ImageSet::digits()?);
     let (train, test) = set.split(0.25, 0);
     let mut task = ImageClassificationTask::new(set.clone(), train, test, BATCH, 0, &d)?;
-    let times = Rc::new(RefCell::new(Vec::new()));
-    let mut algorithms: Vec<Box<dyn Algorithm<ImageClassifier>>> = vec![Box::new(Clock {
-        started: None,
-        times: times.clone(),
-    })];
+    let clock = StepClock::new();
+    let times = clock.handle();
+    let mut algorithms: Vec<Box<dyn Algorithm<ImageClassifier>>> = vec![Box::new(clock)];
     if mode == "scores" {
         algorithms.push(Box::new(TrainingScores::new(set.len())));
     }

@@ -40,8 +40,10 @@ fn run(lr: f64, batches: usize) -> (ImageClassifier, TrainingScores, Arc<ImageSe
     let train: Vec<usize> = (0..200).collect();
     let mut task =
         ImageClassificationTask::new(set.clone(), train, (200..260).collect(), 20, 5, &d).unwrap();
+    let clock = kiln_train::timing::StepClock::new();
+    let times = clock.handle();
     let mut algorithms: Vec<Box<dyn Algorithm<ImageClassifier>>> =
-        vec![Box::new(TrainingScores::new(200))];
+        vec![Box::new(TrainingScores::new(200)), Box::new(clock)];
     let mut tc = TrainerConfig::new(
         Duration::batches(batches as u64),
         OptimizerConfig::adamw(lr, 0.0),
@@ -51,6 +53,11 @@ fn run(lr: f64, batches: usize) -> (ImageClassifier, TrainingScores, Arc<ImageSe
     let out = Trainer::new(tc, dir.path())
         .fit(model(&d), &mut task, &mut algorithms, &d)
         .unwrap();
+    assert_eq!(
+        times.borrow().len(),
+        batches,
+        "kiln_train's StepClock times every step"
+    );
     let state = algorithms[0].state();
     let mut scores = TrainingScores::new(200);
     Algorithm::<ImageClassifier>::load_state(&mut scores, &state).unwrap();

@@ -9,9 +9,7 @@
 //! after the optimiser step counts), the peak RSS and the bytes of state the algorithm keeps;
 //! `cargo xtask bench continual` runs them all and records them in docs/BENCHMARKS.md.
 
-use std::cell::RefCell;
 use std::ops::Range;
-use std::rc::Rc;
 use std::time::Instant;
 
 use kiln_models::gpt2::{Gpt2Config, Gpt2LmHead};
@@ -22,7 +20,8 @@ use kiln_train::algorithms::{
 };
 use kiln_train::burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_train::tasks::CausalLmTask;
-use kiln_train::{Algorithm, Context, Event, OptimizerConfig, Trainer, TrainerConfig};
+use kiln_train::timing::StepClock;
+use kiln_train::{Algorithm, OptimizerConfig, Trainer, TrainerConfig};
 
 const BATCH: usize = 1;
 const SEQ: usize = 64;
@@ -40,30 +39,6 @@ fn peak_rss_mib() -> f64 {
                 .and_then(|v| v.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-/// Times each step from `BatchStart` to `BatchEnd` (first in the list: it sees both ends).
-struct Clock {
-    started: Option<Instant>,
-    times: Rc<RefCell<Vec<f64>>>,
-}
-
-impl Algorithm<Gpt2LmHead> for Clock {
-    fn name(&self) -> &str {
-        "clock"
-    }
-    fn on_event(&mut self, e: Event, _: &mut Context<'_, Gpt2LmHead>) -> Result<(), String> {
-        match e {
-            Event::BatchStart => self.started = Some(Instant::now()),
-            Event::BatchEnd => {
-                if let Some(t) = self.started.take() {
-                    self.times.borrow_mut().push(t.elapsed().as_secs_f64());
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
 }
 
 fn sequences(n: usize, vocab: usize, salt: u64) -> Vec<Vec<u32>> {
@@ -137,11 +112,9 @@ fn main() {
     let model = Gpt2LmHead::init(&config, &device).unwrap();
     let train = sequences(64, config.vocab_size, 0);
     let eval = sequences(1, config.vocab_size, 7);
-    let times = Rc::new(RefCell::new(Vec::new()));
-    let mut algorithms: Vec<Box<dyn Algorithm<Gpt2LmHead>>> = vec![Box::new(Clock {
-        started: None,
-        times: times.clone(),
-    })];
+    let clock = StepClock::new();
+    let times = clock.handle();
+    let mut algorithms: Vec<Box<dyn Algorithm<Gpt2LmHead>>> = vec![Box::new(clock)];
     let mut fisher_seconds = 0.0;
     match method.as_str() {
         "sfa" => algorithms.push(Box::new(

@@ -88,6 +88,7 @@ pub mod params;
 mod step;
 #[cfg(feature = "tasks")]
 pub mod tasks;
+pub mod timing;
 mod trainer;
 
 pub use burn;
