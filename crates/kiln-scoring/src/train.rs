@@ -80,7 +80,7 @@ impl<M> Algorithm<M> for TrainingScores {
             .try_to_vec::<i64>()
             .map_err(|e| format!("reading targets: {e:?}"))?;
         // mean scores per example over its scored rows
-        let mut sums: Vec<Option<([f64; 8], usize, bool)>> = vec![None; ids.len()];
+        let mut sums: Vec<Option<([f64; 8], usize)>> = vec![None; ids.len()];
         for r in 0..rows {
             let y = targets[r];
             if y == IGNORE_INDEX {
@@ -96,23 +96,19 @@ impl<M> Algorithm<M> for TrainingScores {
                     ids.len()
                 )
             })?;
-            let (s, n, all) = slot.get_or_insert(([0.0; 8], 0, true));
+            let (s, n) = slot.get_or_insert(([0.0; 8], 0));
             for (acc, name) in s.iter_mut().zip(SCORES) {
                 *acc += p.get(name).unwrap_or(f64::NAN);
             }
             *n += 1;
-            *all &= p.acc == 1.0;
         }
         for (i, slot) in sums.into_iter().enumerate() {
-            let Some((s, n, all)) = slot else { continue };
+            let Some((s, n)) = slot else { continue };
             let id = usize::try_from(ids[i]).map_err(|_| format!("example id {}", ids[i]))?;
             let mean = |k: usize| s[k] / n as f64;
+            // (a mean of 0/1 accuracies is exactly 1 only when every row is right)
             let p = Pointwise {
-                acc: if all {
-                    1.0
-                } else {
-                    mean(0).min(1.0 - f64::EPSILON)
-                },
+                acc: mean(0),
                 ent: mean(1),
                 conf: mean(2),
                 maxconf: mean(3),
