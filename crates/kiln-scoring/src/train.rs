@@ -5,9 +5,16 @@
 //!
 //! The tracker is checkpointed with the run (`state.json`) and restored on resume. A task must
 //! report `predictions` and `example_ids` ([`StepOutput`](kiln_train::StepOutput)); kiln-train's
-//! classification tasks do. Where a task gives several rows per example (a token-level head),
-//! the example's scores are the mean over its scored rows, and it counts as correct (for
-//! forgetting events) when every row is.
+//! classification tasks and its causal-LM task do. Where a task gives several rows per example
+//! (a token-level head), the example's scores are the mean over its scored rows (its `acc` the
+//! fraction of rows right, so it counts as correct for forgetting events only when every row is).
+//!
+//! Where the rows are scored ([`ScoreOn`]): on the host in f64 ([`Pointwise::of`], the path the
+//! reference fixtures check to 1e-12), which copies every logit to the host — fine for tens of
+//! classes, far too much for a language model's vocabulary — or on the model's device in its
+//! float type, which reads back 8 numbers per row. [`ScoreOn::Auto`] (the default) picks the
+//! host up to [`HOST_CLASSES`] classes. The per-example means and every accumulator are f64
+//! either way.
 //!
 //! ```
 //! use kiln_scoring::train::TrainingScores;
@@ -17,24 +24,50 @@
 //! assert_eq!(scores.tracker().len(), 1797);
 //! ```
 
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData};
 use kiln_train::{Algorithm, Context, Event, IGNORE_INDEX};
 use serde_json::Value;
 
 use crate::pointwise::{Pointwise, SCORES};
 use crate::tracker::ScoreTracker;
 
+/// The largest number of classes [`ScoreOn::Auto`] scores on the host.
+pub const HOST_CLASSES: usize = 1024;
+
+/// Where [`TrainingScores`] computes each row's pointwise scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScoreOn {
+    /// The host for at most [`HOST_CLASSES`] classes, the device above.
+    #[default]
+    Auto,
+    /// Copy the logits to the host and score them in f64 (exact; `rows × classes` values).
+    Host,
+    /// Score on the model's device in its float type and read back `rows × 8` values.
+    Device,
+}
+
 /// Scores each micro-batch's examples during training. See the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct TrainingScores {
     tracker: ScoreTracker,
+    on: ScoreOn,
 }
 
 impl TrainingScores {
-    /// Scores for a training set of `n` examples (ids `0..n`).
+    /// Scores for a training set of `n` examples (ids `0..n`), [`ScoreOn::Auto`].
     pub fn new(n: usize) -> Self {
         Self {
             tracker: ScoreTracker::new(n),
+            on: ScoreOn::Auto,
         }
+    }
+
+    /// Where the rows are scored (see [`ScoreOn`]).
+    #[must_use]
+    pub fn score_on(mut self, on: ScoreOn) -> Self {
+        self.on = on;
+        self
     }
 
     /// The accumulated scores.
@@ -64,14 +97,6 @@ impl<M> Algorithm<M> for TrainingScores {
             return Err("scoring needs the task's logits and example ids in its step output (predictions and example_ids); kiln-train's classification tasks report both".into());
         };
         let [rows, classes] = pred.logits.dims();
-        let logits: Vec<f64> = pred
-            .logits
-            .clone()
-            .detach()
-            .into_data()
-            .convert::<f64>()
-            .try_to_vec::<f64>()
-            .map_err(|e| format!("reading logits: {e:?}"))?;
         let targets: Vec<i64> = pred
             .targets
             .clone()
@@ -79,17 +104,38 @@ impl<M> Algorithm<M> for TrainingScores {
             .convert::<i64>()
             .try_to_vec::<i64>()
             .map_err(|e| format!("reading targets: {e:?}"))?;
+        if targets.len() != rows || pred.example_of_row.len() != rows {
+            return Err(format!(
+                "{rows} rows of logits, {} targets and {} row owners",
+                targets.len(),
+                pred.example_of_row.len()
+            ));
+        }
+        if let Some(&y) = targets
+            .iter()
+            .find(|&&y| y != IGNORE_INDEX && !(0..classes as i64).contains(&y))
+        {
+            return Err(format!(
+                "target {y} is outside the {classes} classes of the logits"
+            ));
+        }
+        let host = match self.on {
+            ScoreOn::Auto => classes <= HOST_CLASSES,
+            ScoreOn::Host => true,
+            ScoreOn::Device => false,
+        };
+        let per_row: Vec<[f64; 8]> = if host {
+            host_scores(&pred.logits, &targets)?
+        } else {
+            device_scores(&pred.logits, &targets)?
+        };
         // mean scores per example over its scored rows
         let mut sums: Vec<Option<([f64; 8], usize)>> = vec![None; ids.len()];
-        for r in 0..rows {
-            let y = targets[r];
-            if y == IGNORE_INDEX {
+        for (r, row) in per_row.iter().enumerate() {
+            if targets[r] == IGNORE_INDEX {
                 continue;
             }
             let example = pred.example_of_row[r];
-            let label = usize::try_from(y).map_err(|_| format!("target {y} of row {r}"))?;
-            let p = Pointwise::of(&logits[r * classes..(r + 1) * classes], label, example)
-                .map_err(|e| e.to_string())?;
             let slot = sums.get_mut(example).ok_or_else(|| {
                 format!(
                     "row {r} names example {example} of a micro-batch of {}",
@@ -97,8 +143,8 @@ impl<M> Algorithm<M> for TrainingScores {
                 )
             })?;
             let (s, n) = slot.get_or_insert(([0.0; 8], 0));
-            for (acc, name) in s.iter_mut().zip(SCORES) {
-                *acc += p.get(name).unwrap_or(f64::NAN);
+            for (acc, v) in s.iter_mut().zip(row) {
+                *acc += v;
             }
             *n += 1;
         }
@@ -144,5 +190,149 @@ impl<M> Algorithm<M> for TrainingScores {
         }
         self.tracker = tracker;
         Ok(())
+    }
+}
+
+/// Every row's scores in f64 on the host, in [`SCORES`] order (rows with an ignored target get
+/// zeros, never read).
+fn host_scores(logits: &Tensor<2>, targets: &[i64]) -> Result<Vec<[f64; 8]>, String> {
+    let [rows, classes] = logits.dims();
+    let z: Vec<f64> = logits
+        .clone()
+        .detach()
+        .into_data()
+        .convert::<f64>()
+        .try_to_vec::<f64>()
+        .map_err(|e| format!("reading logits: {e:?}"))?;
+    (0..rows)
+        .map(|r| {
+            if targets[r] == IGNORE_INDEX {
+                return Ok([0.0; 8]);
+            }
+            let p = Pointwise::of(&z[r * classes..(r + 1) * classes], targets[r] as usize, r)
+                .map_err(|e| e.to_string())?;
+            Ok(SCORES.map(|name| p.get(name).unwrap_or(f64::NAN)))
+        })
+        .collect()
+}
+
+/// Every row's scores computed on the logits' device in its float type, in [`SCORES`] order;
+/// only `rows × 8` values come back to the host. Rows with an ignored target are scored against
+/// class 0 and never read.
+fn device_scores(logits: &Tensor<2>, targets: &[i64]) -> Result<Vec<[f64; 8]>, String> {
+    let [rows, classes] = logits.dims();
+    if classes < 2 {
+        return Err(format!(
+            "{classes} logits per row; scores need at least two classes"
+        ));
+    }
+    let device = logits.device();
+    let z = logits.clone().detach();
+    let y: Vec<i64> = targets
+        .iter()
+        .map(|&t| if t == IGNORE_INDEX { 0 } else { t })
+        .collect();
+    let y = Tensor::<2, Int>::from_data(TensorData::new(y, [rows, 1]), &device);
+    let is_target = Tensor::<1, Int>::arange(0..classes as i64, &device)
+        .reshape([1, classes])
+        .expand([rows, classes])
+        .equal(y.clone().expand([rows, classes]));
+    let logp = log_softmax(z.clone(), 1);
+    let p = logp.clone().exp();
+    let ent = (p.clone() * logp.clone()).sum_dim(1).neg();
+    let logp_y = logp.gather(1, y.clone());
+    let p_y = logp_y.clone().exp();
+    let maxconf = p.clone().max_dim(1);
+    let acc = z.clone().argmax(1).equal(y.clone()).float();
+    let p_other = p.clone().mask_fill(is_target.clone(), -1.0).max_dim(1);
+    let z_y = z.clone().gather(1, y);
+    let z_other = z.mask_fill(is_target, f32::NEG_INFINITY).max_dim(1);
+    // ‖p − e_y‖² = Σp² − 2p_y + 1 (clamped at 0 against rounding)
+    let el2n = (p.powi_scalar(2).sum_dim(1) - p_y.clone().mul_scalar(2.0))
+        .add_scalar(1.0)
+        .clamp_min(0.0)
+        .sqrt();
+    let table = Tensor::cat(
+        vec![
+            acc,
+            ent,
+            p_y.clone(),
+            maxconf,
+            p_y - p_other,
+            z_y - z_other,
+            el2n,
+            logp_y.neg(),
+        ],
+        1,
+    );
+    let v: Vec<f64> = table
+        .into_data()
+        .convert::<f64>()
+        .try_to_vec::<f64>()
+        .map_err(|e| format!("reading scores: {e:?}"))?;
+    if let Some(r) = v
+        .chunks_exact(8)
+        .zip(targets)
+        .position(|(row, &t)| t != IGNORE_INDEX && row.iter().any(|x| !x.is_finite()))
+    {
+        return Err(format!(
+            "row {r} of the micro-batch has a NaN or infinite score (its logits are not finite)"
+        ));
+    }
+    Ok(v.chunks_exact(8)
+        .map(|c| [c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logits `[rows, classes]` spread over ±8 from a fixed integer sequence (no generator).
+    fn logits(rows: usize, classes: usize) -> Vec<f32> {
+        (0..rows * classes)
+            .map(|i| ((i * 7919 + 13) % 1601) as f32 / 100.0 - 8.0)
+            .collect()
+    }
+
+    #[test]
+    fn device_scores_equal_the_f64_host_scores() {
+        let d = burn::tensor::Device::flex();
+        for (rows, classes) in [(5, 2), (6, 10), (4, 3000)] {
+            let z =
+                Tensor::<2>::from_data(TensorData::new(logits(rows, classes), [rows, classes]), &d);
+            let mut targets: Vec<i64> = (0..rows as i64)
+                .map(|r| (r * 37) % classes as i64)
+                .collect();
+            targets[1] = IGNORE_INDEX;
+            let host = host_scores(&z, &targets).unwrap();
+            let dev = device_scores(&z, &targets).unwrap();
+            for r in (0..rows).filter(|&r| r != 1) {
+                for (k, name) in SCORES.iter().enumerate() {
+                    let (a, b) = (host[r][k], dev[r][k]);
+                    assert!(
+                        (a - b).abs() <= 2e-5 * a.abs().max(1.0),
+                        "{rows}×{classes} row {r} {name}: host {a} device {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ties_and_non_finite_logits_agree_on_both_paths() {
+        let d = burn::tensor::Device::flex();
+        // a tie between the target and another class: argmax takes the first, so acc depends on
+        // which one is the target; both paths agree
+        let z = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 1.0, 0.0], [1, 3]), &d);
+        for y in [0, 1] {
+            assert_eq!(
+                host_scores(&z, &[y]).unwrap()[0][0],
+                device_scores(&z, &[y]).unwrap()[0][0]
+            );
+        }
+        let bad = Tensor::<2>::from_data(TensorData::new(vec![f32::NAN, 1.0], [1, 2]), &d);
+        assert!(device_scores(&bad, &[0]).unwrap_err().contains("row 0"));
+        assert!(host_scores(&bad, &[0]).is_err());
     }
 }

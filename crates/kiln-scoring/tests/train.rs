@@ -11,7 +11,7 @@ use kiln_models::burn::module::Module;
 use kiln_models::burn::tensor::Device;
 use kiln_models::vision::{ImageClassifier, ImageShape, MlpConfig, VisionConfig};
 use kiln_schedules::Duration;
-use kiln_scoring::train::TrainingScores;
+use kiln_scoring::train::{ScoreOn, TrainingScores};
 use kiln_scoring::{Pointwise, SCORES};
 use kiln_train::tasks::{ImageClassificationTask, image_batch};
 use kiln_train::{Algorithm, OptimizerConfig, Trainer, TrainerConfig};
@@ -138,4 +138,98 @@ fn scores_follow_learning_and_forgetting_events_are_counted() {
     let e =
         Algorithm::<ImageClassifier>::load_state(&mut TrainingScores::new(10), &state).unwrap_err();
     assert!(e.contains("200"), "{e}");
+}
+
+/// Stops the run (an error) after the checkpoint at step `at`.
+struct StopAt(u64);
+impl<M> Algorithm<M> for StopAt {
+    fn name(&self) -> &str {
+        "stop"
+    }
+    fn on_event(
+        &mut self,
+        e: kiln_train::Event,
+        ctx: &mut kiln_train::Context<'_, M>,
+    ) -> Result<(), String> {
+        if e == kiln_train::Event::Checkpoint && ctx.state.step == self.0 {
+            return Err("stopped".into());
+        }
+        Ok(())
+    }
+}
+
+/// A tiny GPT-2 (vocabulary 97) trained 9 steps on 12 sequences of 5–11 tokens (batch 4, so
+/// padded rows are ignored), scored on `on`; stopped after the step-`stop` checkpoint and
+/// resumed in a fresh trainer and algorithm when given.
+fn lm_run(on: ScoreOn, stop: Option<u64>) -> TrainingScores {
+    use kiln_models::gpt2::{Gpt2Config, Gpt2LmHead};
+    use kiln_train::tasks::CausalLmTask;
+    let d = Device::flex().autodiff();
+    let seqs: Vec<Vec<u32>> = (0..12u32)
+        .map(|i| (0..5 + i % 7).map(|t| (i * 31 + t * 17) % 97).collect())
+        .collect();
+    let mut tc = TrainerConfig::new(Duration::batches(9), OptimizerConfig::adamw(3e-3, 0.0));
+    tc.progress_bar = false;
+    tc.save_interval = Some(Duration::batches(3));
+    tc.seed = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let model = || {
+        d.seed(11);
+        Gpt2LmHead::init(&Gpt2Config::tiny(), &d).unwrap()
+    };
+    let task = || CausalLmTask::new(seqs.clone(), seqs[..2].to_vec(), 4, 2, &d).unwrap();
+    let make = || -> Vec<Box<dyn Algorithm<Gpt2LmHead>>> {
+        vec![Box::new(TrainingScores::new(12).score_on(on))]
+    };
+    let mut algorithms = make();
+    if let Some(at) = stop {
+        algorithms.push(Box::new(StopAt(at)));
+        let e = Trainer::new(tc.clone(), dir.path())
+            .fit(model(), &mut task(), &mut algorithms, &d)
+            .unwrap_err();
+        assert!(e.to_string().contains("stopped"), "{e}");
+        algorithms = make(); // a new process: the scores come back from the checkpoint
+    }
+    Trainer::new(tc, dir.path())
+        .fit(model(), &mut task(), &mut algorithms, &d)
+        .unwrap();
+    let mut scores = TrainingScores::new(12);
+    Algorithm::<Gpt2LmHead>::load_state(&mut scores, &algorithms[0].state()).unwrap();
+    scores
+}
+
+#[test]
+fn language_model_tokens_are_scored_per_sequence_on_the_device_and_survive_a_resume() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let host = lm_run(ScoreOn::Host, None);
+    let device = lm_run(ScoreOn::Device, None);
+    for (id, (h, g)) in host
+        .tracker()
+        .examples()
+        .iter()
+        .zip(device.tracker().examples())
+        .enumerate()
+    {
+        assert_eq!(
+            h.scores[0].count(),
+            3,
+            "9 steps × 4 of 12 sequences: 3 epochs"
+        );
+        for name in SCORES {
+            let (a, b) = (
+                h.score(name).unwrap().mean().unwrap(),
+                g.score(name).unwrap().mean().unwrap(),
+            );
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                "sequence {id} {name}: host {a}, device {b}"
+            );
+        }
+        assert_eq!(h.forgetting, g.forgetting, "sequence {id}");
+    }
+    // killed after the step-6 checkpoint and resumed: every accumulator as if uninterrupted
+    let resumed = lm_run(ScoreOn::Device, Some(6));
+    assert_eq!(resumed.tracker(), device.tracker());
 }
