@@ -468,8 +468,37 @@ impl Gpt2Model {
         input_ids: Tensor<2, Int>,
         token_type_ids: Option<Tensor<2, Int>>,
         attention_mask: Option<Tensor<2, Int>>,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
+        self.run(input_ids, token_type_ids, attention_mask, cache, false)
+            .0
+    }
+
+    /// Every hidden state, as transformers' `output_hidden_states`: `n_layer + 1` tensors
+    /// `[B, L, n_embd]` — the input embeddings, then each block's output, the last one after
+    /// `ln_f` (so it equals [`forward`](Self::forward)). For layer-wise probes (prediction
+    /// depth) and representation analyses.
+    pub fn hidden_states(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2, Int>>,
+    ) -> Vec<Tensor<3>> {
+        let (last, mut states) = self.run(input_ids, None, attention_mask, None, true);
+        states.pop();
+        states.push(last);
+        states
+    }
+
+    /// The output after `ln_f` and, when `keep`, the embeddings and every block's output.
+    fn run(
+        &self,
+        input_ids: Tensor<2, Int>,
+        token_type_ids: Option<Tensor<2, Int>>,
+        attention_mask: Option<Tensor<2, Int>>,
+        mut cache: Option<&mut KvCache>,
+        keep: bool,
+    ) -> (Tensor<3>, Vec<Tensor<3>>) {
+        let mut states = Vec::new();
         let [b, l] = input_ids.dims();
         let device = input_ids.device();
         let past = cache.as_ref().map_or(0, |c| c.len());
@@ -481,6 +510,9 @@ impl Gpt2Model {
             x = x + self.wte.forward(tt);
         }
         x = self.drop.apply(x);
+        if keep {
+            states.push(x.clone());
+        }
         let key_padding = attention_mask.map(|m| m.equal_elem(0));
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize(self.h.len(), None);
@@ -500,8 +532,11 @@ impl Gpt2Model {
                 ),
             );
             x = x + m;
+            if keep {
+                states.push(x.clone());
+            }
         }
-        self.ln_f.forward(x)
+        (self.ln_f.forward(x), states)
     }
 
     /// Loads the backbone from a Hugging Face GPT-2 directory (`config.json` + safetensors).
@@ -1028,5 +1063,41 @@ impl DenseLayers for Gpt2SequenceClassification {
     }
     fn embedding_names(&self) -> Vec<(String, String)> {
         Gpt2Model::embeddings_at("transformer")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn hidden_states_start_at_the_embeddings_and_end_at_the_output() {
+        let d = Device::flex();
+        d.seed(7);
+        let config = Gpt2Config::tiny();
+        let model = config.init(&d).unwrap();
+        let ids =
+            Tensor::<2, Int>::from_data(TensorData::new(vec![3i64, 9, 4, 1, 5, 2], [2, 3]), &d);
+        let mask =
+            Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 1, 1, 1, 1, 0], [2, 3]), &d);
+        let states = model.hidden_states(ids.clone(), Some(mask.clone()));
+        assert_eq!(states.len(), config.n_layer + 1);
+        let embeddings = model.wte.forward(ids.clone())
+            + model.wpe.forward(
+                Tensor::<1, Int>::arange(0..3, &d)
+                    .reshape([1, 3])
+                    .expand([2, 3]),
+            );
+        assert_eq!(values(states[0].clone()), values(embeddings));
+        assert_eq!(
+            values(states[config.n_layer].clone()),
+            values(model.forward(ids, Some(mask), None))
+        );
+        // the blocks change the states
+        assert_ne!(values(states[1].clone()), values(states[0].clone()));
     }
 }

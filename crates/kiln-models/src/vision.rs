@@ -432,6 +432,28 @@ impl ImageClassifier {
     /// # Errors
     /// As [`forward`](Self::forward).
     pub fn features(&self, images: Tensor<4>) -> Result<Tensor<2>> {
+        Ok(self.run(images, false)?.0)
+    }
+
+    /// Every intermediate representation, flattened per example (`[B, d_l]` each), ending with
+    /// [`features`](Self::features) — what layer-wise probes such as prediction depth read:
+    /// the MLP's hidden layers; the ResNet's stem and every basic block's output (`C·H·W`
+    /// values), then the pooled features; the ViT's whole token sequence (class token and
+    /// patches, `(N + 1)·dim` values) after the embedding and after every block, then the normed
+    /// class token.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn layer_features(&self, images: Tensor<4>) -> Result<Vec<Tensor<2>>> {
+        let (features, mut layers) = self.run(images, true)?;
+        if !matches!(self.net, Network::Mlp(_)) {
+            layers.push(features);
+        }
+        Ok(layers)
+    }
+
+    /// The head's input and, when `keep`, the flattened intermediate representations.
+    fn run(&self, images: Tensor<4>, keep: bool) -> Result<(Tensor<2>, Vec<Tensor<2>>)> {
         let [b, c, h, w] = images.dims();
         if [c, h, w] != self.input {
             return Err(Error::Input {
@@ -441,16 +463,31 @@ impl ImageClassifier {
                 ),
             });
         }
-        Ok(match &self.net {
+        let mut layers = Vec::new();
+        let flat4 = |x: &Tensor<4>| {
+            let [b, c, h, w] = x.dims();
+            x.clone().reshape([b, c * h * w])
+        };
+        let class_token = |x: &Tensor<3>| {
+            let [b, _, dim] = x.dims();
+            x.clone().slice([0..b, 0..1, 0..dim]).reshape([b, dim])
+        };
+        let features = match &self.net {
             Network::Mlp(m) => {
                 let mut x = images.reshape([b, c * h * w]);
                 for l in &m.layers {
                     x = relu(l.forward(x));
+                    if keep {
+                        layers.push(x.clone());
+                    }
                 }
                 x
             }
             Network::Resnet(r) => {
                 let mut x = relu(r.bn1.forward(r.conv1.forward(images)));
+                if keep {
+                    layers.push(flat4(&x));
+                }
                 for block in r.stages.iter().flatten() {
                     let y = relu(block.bn1.forward(block.conv1.forward(x.clone())));
                     let y = block.bn2.forward(block.conv2.forward(y));
@@ -459,6 +496,9 @@ impl ImageClassifier {
                         None => x,
                     };
                     x = relu(y + shortcut);
+                    if keep {
+                        layers.push(flat4(&x));
+                    }
                 }
                 let [b, ch, hh, ww] = x.dims();
                 x.reshape([b, ch, hh * ww]).mean_dim(2).reshape([b, ch])
@@ -469,16 +509,25 @@ impl ImageClassifier {
                 let x = x.reshape([b, dim, ph * pw]).swap_dims(1, 2); // [B, N, dim]
                 let cls = v.cls_token.val().expand([b, 1, dim]);
                 let mut x = Tensor::cat(vec![cls, x], 1) + v.pos_embed.val();
+                let flat3 = |x: &Tensor<3>| {
+                    let [b, n, dim] = x.dims();
+                    x.clone().reshape([b, n * dim])
+                };
+                if keep {
+                    layers.push(flat3(&x));
+                }
                 for blk in &v.blocks {
                     x = x.clone() + attention(blk, blk.norm1.forward(x));
                     let y = Gelu::new().forward(blk.fc1.forward(blk.norm2.forward(x.clone())));
                     x = x + blk.fc2.forward(y);
+                    if keep {
+                        layers.push(flat3(&x));
+                    }
                 }
-                let x = v.norm.forward(x);
-                let [b, _, dim] = x.dims();
-                x.slice([0..b, 0..1, 0..dim]).reshape([b, dim])
+                class_token(&v.norm.forward(x))
             }
-        })
+        };
+        Ok((features, layers))
     }
 
     /// The classification head on [`features`](Self::features): logits `[B, classes]`.
@@ -696,4 +745,65 @@ fn save_bn(w: &mut WeightWriter, prefix: &str, bn: &BatchNorm) {
     w.tensor(format!("{prefix}.bias"), bn.beta.val());
     w.tensor(format!("{prefix}.running_mean"), bn.running_mean.value());
     w.tensor(format!("{prefix}.running_var"), bn.running_var.value());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: Tensor<2>, b: Tensor<2>) -> bool {
+        let (a, b) = (
+            a.into_data().convert::<f32>().try_to_vec::<f32>().unwrap(),
+            b.into_data().convert::<f32>().try_to_vec::<f32>().unwrap(),
+        );
+        a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6)
+    }
+
+    #[test]
+    fn layer_features_list_every_representation_and_end_with_the_features() {
+        let d = Device::flex();
+        d.seed(5);
+        let input = ImageShape {
+            channels: 1,
+            height: 8,
+            width: 8,
+        };
+        let configs = [
+            (
+                VisionConfig::Mlp(MlpConfig {
+                    input,
+                    hidden: vec![12, 7],
+                    classes: 3,
+                }),
+                vec![12, 7],
+            ),
+            (
+                VisionConfig::Resnet(ResNetConfig {
+                    input,
+                    widths: vec![4, 6],
+                    blocks: 2,
+                    classes: 3,
+                }),
+                // stem 4·8·8, two blocks at 8×8, two at 4×4, pooled 6
+                vec![256, 256, 256, 96, 96, 6],
+            ),
+            (
+                VisionConfig::Vit(VitConfig {
+                    depth: 2,
+                    ..VitConfig::tiny(8, 4, 1, 3)
+                }),
+                vec![320, 320, 320, 64],
+            ),
+        ];
+        for (config, dims) in configs {
+            let model = ImageClassifier::init(&config, &d).unwrap();
+            let x = Tensor::<4>::random([2, 1, 8, 8], burn::tensor::Distribution::Default, &d);
+            let layers = model.layer_features(x.clone()).unwrap();
+            let got: Vec<usize> = layers.iter().map(|t| t.dims()[1]).collect();
+            assert_eq!(got, dims, "{config:?}");
+            assert!(layers.iter().all(|t| t.dims()[0] == 2));
+            let last = layers.last().unwrap().clone();
+            assert!(close(last, model.features(x).unwrap()), "{config:?}");
+        }
+    }
 }
