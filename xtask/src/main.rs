@@ -24,7 +24,7 @@
 //! cargo xtask bench models                   burn flex vs PyTorch CPU tokens/s (GPT-2 small, BERT-base)
 //! cargo xtask bench continual                per-step overhead of SFA/EMA/L2/EWC/replay on GPT-2 small
 //! cargo xtask bench distill                  a KD step (live teacher, cached top-k) vs a plain step on GPT-2 small
-//! cargo xtask bench scoring                  the cost of scoring every example during an image-classification step
+//! cargo xtask bench scoring                  the cost of each family of difficulty scores on GPT-2 small and a CNN
 //! cargo xtask profile train|models [--before REV]
 //!                                            where a CPU step's time goes (perf; torch.profiler) → docs/BENCHMARKS.md
 //! cargo xtask flex-patch test|bench          a burn-flex patch prepared for upstream: tested / measured

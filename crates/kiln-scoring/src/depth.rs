@@ -35,7 +35,6 @@ pub enum Probe {
 /// kNN predictions of `n` examples from one layer's representations `x` `[n, dim]`.
 fn knn_predict(x: &[f64], dim: usize, labels: &[usize], k: usize, probe: Probe) -> Vec<usize> {
     let n = labels.len();
-    let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
     (0..n)
         .map(|i| {
             let xi = &x[i * dim..(i + 1) * dim];
@@ -53,15 +52,24 @@ fn knn_predict(x: &[f64], dim: usize, labels: &[usize], k: usize, probe: Probe) 
                 })
                 .collect();
             d.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            let mut votes = vec![0usize; classes];
-            for &(_, j) in d.iter().take(k) {
-                votes[labels[j]] += 1;
+            // the neighbours' labels sorted, so equal labels are runs and the first run with
+            // the most votes is the smallest such class (scikit-learn's mode); labels may be
+            // sparse (a vocabulary's token ids) without a vote table per class
+            let mut near: Vec<usize> = d.iter().take(k).map(|&(_, j)| labels[j]).collect();
+            near.sort_unstable();
+            let (mut best, mut best_votes) = (0, 0);
+            let mut run = 0;
+            for (t, &c) in near.iter().enumerate() {
+                run = if t > 0 && near[t - 1] == c {
+                    run + 1
+                } else {
+                    1
+                };
+                if run > best_votes {
+                    (best, best_votes) = (c, run);
+                }
             }
-            // the first class with the most votes (scikit-learn's mode: the smallest on ties)
-            votes
-                .iter()
-                .enumerate()
-                .fold(0, |best, (c, &v)| if v > votes[best] { c } else { best })
+            best
         })
         .collect()
 }
