@@ -187,6 +187,49 @@ impl PackedSequences {
     }
 }
 
+impl PackedSequences {
+    /// The shard document of every token of sequence `i` ([`get`](Self::get)`(i)` position by
+    /// position): a document's `eos` counts with the document it ends, the sequence's `bos`
+    /// with the document after it. With [`Grouping::Concat`] a sequence holds the end of one
+    /// document and the start of others; this is how per-document statistics (difficulty
+    /// scores of packed language-model data) find their document.
+    ///
+    /// # Panics
+    /// If `i >= len()`.
+    pub fn documents(&self, i: usize) -> Vec<u32> {
+        assert!(i < self.len, "sequence {i} of {}", self.len);
+        let p = &self.packing;
+        let mut out = Vec::with_capacity(p.seq_len);
+        match p.grouping {
+            Grouping::Truncate => {
+                let n = self.get(i).len();
+                out.resize(n, self.docs[i]);
+            }
+            Grouping::Concat => {
+                let room = (p.seq_len - usize::from(p.bos.is_some())) as u64;
+                let (mut at, end) = (i as u64 * room, (i as u64 + 1) * room);
+                let offsets = self.shard.offsets();
+                let first = self.stream_starts.partition_point(|&s| s <= at) - 1;
+                if p.bos.is_some() {
+                    out.push(first as u32);
+                }
+                let mut doc = first;
+                while at < end {
+                    // the document's tokens and its eos are one run of the stream
+                    let run_end = self.stream_starts[doc]
+                        + (offsets[doc + 1] - offsets[doc])
+                        + u64::from(p.eos.is_some());
+                    let take = run_end.min(end) - at;
+                    out.extend(std::iter::repeat_n(doc as u32, take as usize));
+                    at += take;
+                    doc += 1;
+                }
+            }
+        }
+        out
+    }
+}
+
 /// A deterministic, resumable, endless stream of sequences: each epoch a fresh permutation drawn
 /// from `(seed, epoch)`.
 ///
@@ -349,6 +392,51 @@ mod tests {
             let mut want = vec![2];
             want.extend(&stream[i * 8..(i + 1) * 8]);
             assert_eq!(seqs.get(i), want, "sequence {i}");
+        }
+    }
+
+    #[test]
+    fn every_token_knows_its_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, tok, docs) = shard(dir.path());
+        let encoded: Vec<Vec<u32>> = docs.iter().map(|d| tok.encode(d, false).unwrap()).collect();
+        for grouping in [Grouping::Concat, Grouping::Truncate] {
+            let seqs = PackedSequences::new(
+                s.clone(),
+                Packing {
+                    seq_len: 9,
+                    bos: Some(2),
+                    eos: Some(3),
+                    grouping,
+                },
+            )
+            .unwrap();
+            // each document's tokens, read back through the labels, in order
+            let mut got: Vec<Vec<u32>> = vec![Vec::new(); docs.len()];
+            for i in 0..seqs.len() {
+                let (tokens, owners) = (seqs.get(i), seqs.documents(i));
+                assert_eq!(tokens.len(), owners.len(), "sequence {i}");
+                for (t, d) in tokens.iter().zip(&owners).skip(1) {
+                    if *t != 3 {
+                        got[*d as usize].push(*t);
+                    }
+                }
+                if grouping == Grouping::Concat && i > 0 {
+                    assert_eq!(owners[0], owners[1], "bos goes with the next token");
+                }
+            }
+            for (d, want) in encoded.iter().enumerate() {
+                let want: &[u32] = match grouping {
+                    // the last partial sequence is dropped
+                    Grouping::Concat => &want[..got[d].len()],
+                    Grouping::Truncate => &want[..want.len().min(7)],
+                };
+                assert_eq!(got[d], want, "{grouping:?}: document {d}");
+            }
+            if grouping == Grouping::Concat {
+                let complete = got.iter().zip(&encoded).filter(|(g, w)| g.len() == w.len());
+                assert!(complete.count() >= docs.len() - 1, "only the tail is cut");
+            }
         }
     }
 

@@ -8,6 +8,10 @@
 //! classification tasks and its causal-LM task do. Where a task gives several rows per example
 //! (a token-level head), the example's scores are the mean over its scored rows (its `acc` the
 //! fraction of rows right, so it counts as correct for forgetting events only when every row is).
+//! Where a task packs several documents into one sequence and says which document each row's
+//! target belongs to ([`Predictions::documents`](kiln_train::Predictions::documents), e.g.
+//! `CausalLmTask::with_documents`), the tracker's slots are documents: a document split over two
+//! sequences is measured once for each part it shows up in.
 //!
 //! Where the rows are scored ([`ScoreOn`]): on the host in f64 ([`Pointwise::of`], the path the
 //! reference fixtures check to 1e-12), which copies every logit to the host — fine for tens of
@@ -129,28 +133,32 @@ impl<M> Algorithm<M> for TrainingScores {
         } else {
             device_scores(&pred.logits, &targets)?
         };
-        // mean scores per example over its scored rows
-        let mut sums: Vec<Option<([f64; 8], usize)>> = vec![None; ids.len()];
+        // mean scores per example (or document) over its scored rows
+        let mut sums: std::collections::BTreeMap<u64, ([f64; 8], usize)> =
+            std::collections::BTreeMap::new();
         for (r, row) in per_row.iter().enumerate() {
             if targets[r] == IGNORE_INDEX {
                 continue;
             }
-            let example = pred.example_of_row[r];
-            let slot = sums.get_mut(example).ok_or_else(|| {
-                format!(
-                    "row {r} names example {example} of a micro-batch of {}",
-                    ids.len()
-                )
-            })?;
-            let (s, n) = slot.get_or_insert(([0.0; 8], 0));
+            let id = match &pred.documents {
+                Some(docs) => docs[r],
+                None => {
+                    let example = pred.example_of_row[r];
+                    *ids.get(example).ok_or_else(|| {
+                        format!(
+                            "row {r} names example {example} of a micro-batch of {}",
+                            ids.len()
+                        )
+                    })?
+                }
+            };
+            let (s, n) = sums.entry(id).or_insert(([0.0; 8], 0));
             for (acc, v) in s.iter_mut().zip(row) {
                 *acc += v;
             }
             *n += 1;
         }
-        for (i, slot) in sums.into_iter().enumerate() {
-            let Some((s, n)) = slot else { continue };
-            let id = usize::try_from(ids[i]).map_err(|_| format!("example id {}", ids[i]))?;
+        for (id, (s, n)) in sums {
             let mean = |k: usize| s[k] / n as f64;
             // (a mean of 0/1 accuracies is exactly 1 only when every row is right)
             let p = Pointwise {
@@ -163,12 +171,15 @@ impl<M> Algorithm<M> for TrainingScores {
                 el2n: mean(6),
                 loss: mean(7),
             };
-            if id >= self.tracker.len() {
-                return Err(format!(
-                    "example id {id} is outside the {} examples TrainingScores was made for",
-                    self.tracker.len()
-                ));
-            }
+            let id = usize::try_from(id)
+                .ok()
+                .filter(|&i| i < self.tracker.len())
+                .ok_or_else(|| {
+                    format!(
+                        "example id {id} is outside the {} examples TrainingScores was made for",
+                        self.tracker.len()
+                    )
+                })?;
             self.tracker.add(id, &p);
         }
         Ok(())

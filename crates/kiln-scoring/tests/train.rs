@@ -233,3 +233,122 @@ fn language_model_tokens_are_scored_per_sequence_on_the_device_and_survive_a_res
     let resumed = lm_run(ScoreOn::Device, Some(6));
     assert_eq!(resumed.tracker(), device.tracker());
 }
+
+#[test]
+fn packed_documents_are_scored_as_documents() {
+    use kiln_data::corpus::{Domain, documents};
+    use kiln_data::packing::{Grouping, PackedSequences, Packing};
+    use kiln_data::shards::{TokenShard, write_shard};
+    use kiln_data::tokenizer::{Tokenizer, TokenizerKind};
+    use kiln_models::gpt2::{Gpt2Config, Gpt2LmHead};
+    use kiln_train::IGNORE_INDEX;
+    use kiln_train::tasks::CausalLmTask;
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // 10 short documents packed into sequences of 16 tokens (documents cross sequences)
+    let docs: Vec<String> = documents(Domain::Arithmetic, 3, 0, 10);
+    let tok = Tokenizer::train(
+        TokenizerKind::WordPiece,
+        docs.iter().map(String::as_str),
+        200,
+        1,
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    write_shard(
+        tmp.path().join("s"),
+        docs.iter().map(String::as_str),
+        &tok,
+        false,
+        false,
+    )
+    .unwrap();
+    let packed = PackedSequences::new(
+        Arc::new(TokenShard::open(tmp.path().join("s")).unwrap()),
+        Packing {
+            seq_len: 16,
+            bos: None,
+            eos: Some(1),
+            grouping: Grouping::Concat,
+        },
+    )
+    .unwrap();
+    let seqs: Vec<Vec<u32>> = (0..packed.len()).map(|i| packed.get(i)).collect();
+    let owners: Vec<Vec<u32>> = (0..packed.len()).map(|i| packed.documents(i)).collect();
+    assert!(seqs.len() >= 3, "{} sequences", seqs.len());
+    let d = Device::flex().autodiff();
+    // no dropout: training-mode presentations equal the evaluation-mode reference
+    let config = Gpt2Config {
+        vocab_size: tok.vocab_size(),
+        resid_pdrop: 0.0,
+        embd_pdrop: 0.0,
+        attn_pdrop: 0.0,
+        ..Gpt2Config::tiny()
+    };
+    d.seed(5);
+    let model = Gpt2LmHead::init(&config, &d).unwrap();
+    // one micro-batch per epoch holding every sequence, learning rate 1e-12: each document is
+    // measured once per epoch, on (practically) the initial model
+    let mut task = CausalLmTask::new(seqs.clone(), seqs[..1].to_vec(), seqs.len(), 0, &d)
+        .unwrap()
+        .with_documents(owners.clone())
+        .unwrap();
+    let mut algorithms: Vec<Box<dyn Algorithm<Gpt2LmHead>>> =
+        vec![Box::new(TrainingScores::new(docs.len()))];
+    let mut tc = TrainerConfig::new(Duration::batches(2), OptimizerConfig::adamw(1e-12, 0.0));
+    tc.progress_bar = false;
+    let out = Trainer::new(tc, tmp.path().join("run"))
+        .fit(model, &mut task, &mut algorithms, &d)
+        .unwrap();
+    let mut scores = TrainingScores::new(docs.len());
+    Algorithm::<Gpt2LmHead>::load_state(&mut scores, &algorithms[0].state()).unwrap();
+
+    // by hand: every next-token row of the frozen model, grouped by its target's document
+    let valid = out.model.valid();
+    let plain = Device::flex();
+    let l = seqs[0].len();
+    let flat: Vec<i64> = seqs.iter().flatten().map(|&t| i64::from(t)).collect();
+    let ids = kiln_models::burn::tensor::Tensor::<2, kiln_models::burn::tensor::Int>::from_data(
+        kiln_models::burn::tensor::TensorData::new(flat, [seqs.len(), l]),
+        &plain,
+    );
+    let (_, logits, targets) = valid.loss_with_logits(ids, None);
+    let vocab = logits.dims()[1];
+    let z: Vec<f64> = logits
+        .into_data()
+        .convert::<f64>()
+        .try_to_vec::<f64>()
+        .unwrap();
+    let y: Vec<i64> = targets
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .unwrap();
+    let mut by_doc: Vec<Vec<Pointwise>> = vec![Vec::new(); docs.len()];
+    for (r, &t) in y.iter().enumerate() {
+        assert_ne!(t, IGNORE_INDEX);
+        let (b, i) = (r / (l - 1), r % (l - 1));
+        let p = Pointwise::of(&z[r * vocab..(r + 1) * vocab], t as usize, r).unwrap();
+        by_doc[owners[b][i + 1] as usize].push(p);
+    }
+    let mut checked = 0;
+    for (doc, rows) in by_doc.iter().enumerate() {
+        let e = scores.tracker().example(doc);
+        if rows.is_empty() {
+            assert_eq!(e.scores[0].count(), 0, "document {doc} is in no sequence");
+            continue;
+        }
+        assert_eq!(e.scores[0].count(), 2, "document {doc}: once per epoch");
+        for name in SCORES {
+            let want = rows.iter().map(|p| p.get(name).unwrap()).sum::<f64>() / rows.len() as f64;
+            let got = e.score(name).unwrap().mean().unwrap();
+            assert!(
+                (got - want).abs() < 1e-5 * want.abs().max(1.0),
+                "document {doc} {name}: {got} vs {want}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 8, "{checked} documents scored");
+}

@@ -111,6 +111,10 @@ pub struct Predictions {
     pub targets: Tensor<1, Int>,
     /// `[N]`: the micro-batch row (example) each logits row belongs to.
     pub example_of_row: Vec<usize>,
+    /// `[N]`, where a micro-batch row packs several data-set documents: the document each
+    /// logits row's target belongs to (per-document statistics use it instead of
+    /// `example_ids[example_of_row[r]]`). `None`: one example per micro-batch row.
+    pub documents: Option<Vec<u64>>,
 }
 
 impl Predictions {
@@ -121,6 +125,7 @@ impl Predictions {
             logits,
             targets,
             example_of_row: (0..n).collect(),
+            documents: None,
         }
     }
 
@@ -132,6 +137,7 @@ impl Predictions {
             logits: logits.reshape([b * l, c]),
             targets: targets.reshape([b * l]),
             example_of_row: (0..b * l).map(|i| i / l.max(1)).collect(),
+            documents: None,
         }
     }
 
@@ -158,7 +164,26 @@ impl Predictions {
             logits,
             targets,
             example_of_row,
+            documents: None,
         })
+    }
+
+    /// The document of each row (see [`documents`](Self::documents)).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if there is not one document per row.
+    pub fn with_documents(mut self, documents: Vec<u64>) -> Result<Self> {
+        if documents.len() != self.example_of_row.len() {
+            return Err(Error::Config {
+                message: format!(
+                    "predictions: {} documents for {} rows; give one per row",
+                    documents.len(),
+                    self.example_of_row.len()
+                ),
+            });
+        }
+        self.documents = Some(documents);
+        Ok(self)
     }
 }
 

@@ -616,6 +616,8 @@ impl TrainTask<BertForSequenceClassification> for ClassificationTask {
 /// studies.
 pub struct CausalLmTask {
     train: Vec<Vec<u32>>,
+    /// Per training sequence, the data-set document of each token (packed data).
+    documents: Option<Vec<Vec<u32>>>,
     eval: Vec<Vec<u32>>,
     /// Further named evaluation sets (`{name}_loss`, `{name}_perplexity`).
     extra_eval: Vec<(String, Vec<Vec<u32>>)>,
@@ -651,12 +653,44 @@ impl CausalLmTask {
         Ok(Self {
             epochs: ShuffledEpochs::new(train.len(), seed),
             train,
+            documents: None,
             eval,
             extra_eval: Vec::new(),
             batch_size,
             device: device.clone(),
             checked: false,
         })
+    }
+
+    /// For packed training sequences: the data-set document of every token of every training
+    /// sequence (kiln-data's [`PackedSequences::documents`](kiln_data::packing::PackedSequences::documents)).
+    /// The step output's predictions then name the document of each row's target token, so
+    /// per-example statistics (difficulty scores) land on documents rather than on sequences;
+    /// `example_ids` stay the sequences' indices (what a logit cache is keyed on).
+    ///
+    /// # Errors
+    /// [`Error::Config`] unless there is one list per training sequence, as long as it.
+    pub fn with_documents(mut self, documents: Vec<Vec<u32>>) -> Result<Self> {
+        if documents.len() != self.train.len() {
+            return Err(Error::Config {
+                message: format!(
+                    "causal LM task: documents for {} sequences, {} training sequences",
+                    documents.len(),
+                    self.train.len()
+                ),
+            });
+        }
+        if let Some(i) = (0..documents.len()).find(|&i| documents[i].len() != self.train[i].len()) {
+            return Err(Error::Config {
+                message: format!(
+                    "causal LM task: training sequence {i} has {} tokens and {} document labels",
+                    self.train[i].len(),
+                    documents[i].len()
+                ),
+            });
+        }
+        self.documents = Some(documents);
+        Ok(self)
     }
 
     /// Adds a named evaluation set, evaluated beside the main one and reported as
@@ -794,9 +828,20 @@ impl TrainTask<Gpt2LmHead> for CausalLmTask {
         let (ids, mask) = Self::pad(&rows, &self.device);
         let (loss, logits, targets) = model.loss_with_logits(ids.clone(), Some(mask.clone()));
         let per_seq = ids.dims()[1] - 1;
-        let example_of_row = (0..logits.dims()[0]).map(|r| r / per_seq).collect();
+        let example_of_row: Vec<usize> = (0..logits.dims()[0]).map(|r| r / per_seq).collect();
+        let mut predictions = Predictions::rows(logits, targets, example_of_row)?;
+        if let Some(docs) = &self.documents {
+            // row b·(L−1) + i predicts token i + 1 of sequence b (padding rows: its last token's)
+            let owners = (0..idx.len() * per_seq)
+                .map(|r| {
+                    let d = &docs[idx[r / per_seq]];
+                    u64::from(d[(r % per_seq + 1).min(d.len() - 1)])
+                })
+                .collect();
+            predictions = predictions.with_documents(owners)?;
+        }
         Ok(StepOutput::new(loss)
-            .with_predictions(Predictions::rows(logits, targets, example_of_row)?)
+            .with_predictions(predictions)
             .with_inputs(ModelInputs {
                 input_ids: ids,
                 attention_mask: Some(mask),
