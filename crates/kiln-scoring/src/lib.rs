@@ -23,8 +23,11 @@
 //!   [`gradient::input_gradients`] (feature `train`).
 //! - [`files`]: one `NAME.scores/` directory per run — `scores.csv` and `manifest.json`.
 //! - [`stats`]: `scipy.stats.rankdata`'s average-tie ranks, Pearson and Spearman correlation.
-//! - [`train`] (feature `train`, default): [`TrainingScores`](train::TrainingScores), a
-//!   kiln-train algorithm that fills a tracker from every micro-batch during training.
+//! - [`train`] (feature `train`, default): kiln-train algorithms —
+//!   [`TrainingScores`](train::TrainingScores) fills a tracker from every micro-batch during
+//!   training (on the host in f64, or on the device for a language model's vocabulary; per
+//!   document for packed data), [`CheckpointScores`](train::CheckpointScores) from a pass over
+//!   the data at checkpoints.
 //!
 //! ```
 //! use kiln_scoring::{Pointwise, stats};

@@ -30,6 +30,7 @@
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
+use kiln_schedules::Duration;
 use kiln_train::{Algorithm, Context, Event, IGNORE_INDEX};
 use serde_json::Value;
 
@@ -200,6 +201,130 @@ impl<M> Algorithm<M> for TrainingScores {
             ));
         }
         self.tracker = tracker;
+        Ok(())
+    }
+}
+
+/// One pass of [`CheckpointScores`]: the logits `[ids.len(), classes]` (row-major) of examples
+/// `ids` with their labels.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Pass {
+    /// Example ids (indices of the data set the tracker was made for).
+    pub ids: Vec<usize>,
+    /// Logits, one row per id.
+    pub logits: Vec<f32>,
+    /// Classes per row.
+    pub classes: usize,
+    /// The label of each id.
+    pub labels: Vec<usize>,
+}
+
+/// The function [`CheckpointScores`] calls with the training model: it runs the examples to
+/// score (usually in evaluation mode, without augmentation) and returns their logits.
+pub type PassFn<M> = Box<dyn FnMut(&M) -> Result<Pass, String>>;
+
+/// Scores at checkpoints: every `every` of training (Composer durations: `"1ep"`, `"100ba"`, …)
+/// and at the end, `pass` runs the examples through the current model and every example's
+/// scores are added to a [`ScoreTracker`] — nn_example_difficulty's and the papers' per-epoch
+/// measurements on un-augmented data, as opposed to [`TrainingScores`]' minibatch ones. Costs a
+/// forward pass over the scored examples per checkpoint. Checkpointed with the run.
+///
+/// ```
+/// use kiln_scoring::train::{CheckpointScores, Pass};
+///
+/// // a pass that always sees the same logits (a real one runs `model.valid()` on the data)
+/// let pass = |_: &()| Ok(Pass { ids: vec![0, 1], logits: vec![2.0, 0.0, 0.0, 1.0], classes: 2, labels: vec![0, 0] });
+/// let scores = CheckpointScores::new(2, "1ep".parse()?, Box::new(pass));
+/// // trainer.fit(model, &mut task, &mut [Box::new(scores), …], …)
+/// assert_eq!(scores.tracker().len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct CheckpointScores<M> {
+    tracker: ScoreTracker,
+    every: Duration,
+    interval: u64,
+    last: Option<u64>,
+    pass: PassFn<M>,
+}
+
+impl<M> std::fmt::Debug for CheckpointScores<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointScores")
+            .field("every", &self.every)
+            .field("examples", &self.tracker.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M> CheckpointScores<M> {
+    /// Scores for a data set of `n` examples, a pass every `every` and at the end.
+    pub fn new(n: usize, every: Duration, pass: PassFn<M>) -> Self {
+        Self {
+            tracker: ScoreTracker::new(n),
+            every,
+            interval: 0,
+            last: None,
+            pass,
+        }
+    }
+
+    /// The accumulated scores.
+    pub fn tracker(&self) -> &ScoreTracker {
+        &self.tracker
+    }
+
+    fn score(&mut self, model: &M, step: u64) -> Result<(), String> {
+        if self.last == Some(step) {
+            return Ok(());
+        }
+        let p = (self.pass)(model)?;
+        self.tracker
+            .observe(&p.ids, &p.logits, p.classes, &p.labels)
+            .map_err(|e| format!("the scoring pass at step {step}: {e}"))?;
+        self.last = Some(step);
+        Ok(())
+    }
+}
+
+impl<M> Algorithm<M> for CheckpointScores<M> {
+    fn name(&self) -> &str {
+        "checkpoint-scores"
+    }
+
+    fn on_event(&mut self, event: Event, ctx: &mut Context<'_, M>) -> Result<(), String> {
+        match event {
+            Event::FitStart => {
+                let steps = ctx
+                    .run
+                    .steps(&self.every)
+                    .map_err(|e| format!("checkpoint scores every {}: {e}", self.every))?;
+                self.interval = steps.round().max(1.0) as u64;
+            }
+            Event::BatchEnd if self.interval > 0 && ctx.state.step % self.interval == 0 => {
+                self.score(ctx.model, ctx.state.step)?;
+            }
+            Event::FitEnd => self.score(ctx.model, ctx.state.step)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Value {
+        serde_json::json!({ "tracker": self.tracker, "last": self.last })
+    }
+
+    fn load_state(&mut self, state: &Value) -> Result<(), String> {
+        let tracker: ScoreTracker = serde_json::from_value(state["tracker"].clone())
+            .map_err(|e| format!("checkpoint scores in the checkpoint: {e}"))?;
+        if tracker.len() != self.tracker.len() {
+            return Err(format!(
+                "the checkpoint scores {} examples, this run {}",
+                tracker.len(),
+                self.tracker.len()
+            ));
+        }
+        self.tracker = tracker;
+        self.last = state["last"].as_u64();
         Ok(())
     }
 }

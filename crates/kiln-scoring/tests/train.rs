@@ -12,7 +12,7 @@ use kiln_models::burn::tensor::Device;
 use kiln_models::vision::{ImageClassifier, ImageShape, MlpConfig, VisionConfig};
 use kiln_schedules::Duration;
 use kiln_scoring::train::{ScoreOn, TrainingScores};
-use kiln_scoring::{Pointwise, SCORES};
+use kiln_scoring::{Pointwise, SCORES, ScoreTracker};
 use kiln_train::tasks::{ImageClassificationTask, image_batch};
 use kiln_train::{Algorithm, OptimizerConfig, Trainer, TrainerConfig};
 
@@ -351,4 +351,109 @@ fn packed_documents_are_scored_as_documents() {
         checked += 1;
     }
     assert!(checked >= 8, "{checked} documents scored");
+}
+
+/// 200 digits, batch 20 (10 steps an epoch), 30 steps at `lr`, a `CheckpointScores` pass over
+/// the 200 training images every epoch; stopped after the step-`stop` checkpoint and resumed in
+/// a fresh trainer when given.
+fn checkpoint_run(lr: f64, stop: Option<u64>) -> (ImageClassifier, ScoreTracker) {
+    use kiln_scoring::train::{CheckpointScores, Pass};
+    let d = Device::flex().autodiff();
+    let set = Arc::new(ImageSet::digits().unwrap());
+    let train: Vec<usize> = (0..200).collect();
+    let make = || -> Vec<Box<dyn Algorithm<ImageClassifier>>> {
+        let set = set.clone();
+        let pass = move |m: &ImageClassifier| -> Result<Pass, String> {
+            let ids: Vec<usize> = (0..200).collect();
+            let (x, y) = image_batch(&set, &ids, &Device::flex());
+            let logits = m.valid().forward(x).map_err(|e| e.to_string())?;
+            Ok(Pass {
+                classes: logits.dims()[1],
+                logits: logits
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .unwrap(),
+                labels: y
+                    .into_data()
+                    .convert::<i64>()
+                    .try_to_vec::<i64>()
+                    .unwrap()
+                    .into_iter()
+                    .map(|l| l as usize)
+                    .collect(),
+                ids,
+            })
+        };
+        vec![Box::new(CheckpointScores::new(
+            200,
+            "1ep".parse().unwrap(),
+            Box::new(pass),
+        ))]
+    };
+    let task = || {
+        ImageClassificationTask::new(set.clone(), train.clone(), (200..260).collect(), 20, 5, &d)
+            .unwrap()
+    };
+    let mut tc = TrainerConfig::new(Duration::batches(30), OptimizerConfig::adamw(lr, 0.0));
+    tc.progress_bar = false;
+    tc.save_interval = Some(Duration::batches(10));
+    let dir = tempfile::tempdir().unwrap();
+    let mut algorithms = make();
+    if let Some(at) = stop {
+        algorithms.push(Box::new(StopAt(at)));
+        Trainer::new(tc.clone(), dir.path())
+            .fit(model(&d), &mut task(), &mut algorithms, &d)
+            .unwrap_err();
+        algorithms = make();
+    }
+    let out = Trainer::new(tc, dir.path())
+        .fit(model(&d), &mut task(), &mut algorithms, &d)
+        .unwrap();
+    let state = algorithms[0].state();
+    let tracker: ScoreTracker = serde_json::from_value(state["tracker"].clone()).unwrap();
+    (out.model, tracker)
+}
+
+#[test]
+fn checkpoint_passes_score_every_example_each_epoch_and_resume() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // a frozen model: three passes (steps 10, 20, 30; the end adds none) of its own scores
+    let (model, tracker) = checkpoint_run(1e-12, None);
+    let set = ImageSet::digits().unwrap();
+    let plain = Device::flex();
+    for id in [0usize, 99, 199] {
+        let e = tracker.example(id);
+        assert_eq!(
+            e.scores[0].count(),
+            3,
+            "example {id}: one measurement per epoch"
+        );
+        let (x, y) = image_batch(&set, &[id], &plain);
+        let z: Vec<f64> = model
+            .valid()
+            .forward(x)
+            .unwrap()
+            .into_data()
+            .convert::<f64>()
+            .try_to_vec::<f64>()
+            .unwrap();
+        let label = y.into_data().convert::<i64>().try_to_vec::<i64>().unwrap()[0] as usize;
+        let want = Pointwise::of(&z, label, id).unwrap();
+        for name in SCORES {
+            let got = e.score(name).unwrap().mean().unwrap();
+            let want = want.get(name).unwrap();
+            assert!(
+                (got - want).abs() < 1e-5 * want.abs().max(1.0),
+                "example {id} {name}: {got} vs {want}"
+            );
+        }
+    }
+    // learning, stopped after the step-10 checkpoint and resumed: the same accumulators
+    let (_, whole) = checkpoint_run(3e-3, None);
+    let (_, resumed) = checkpoint_run(3e-3, Some(10));
+    assert_eq!(whole, resumed);
+    assert!(whole.examples().iter().all(|e| e.forgetting.len() == 3));
 }
