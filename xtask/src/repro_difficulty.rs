@@ -31,7 +31,7 @@ use kiln_scoring::files::{Manifest, ScoreTable};
 use kiln_scoring::fingerprint::{Fingerprint, Group, Options, fingerprint};
 use kiln_scoring::stats::spearman;
 use kiln_scoring::tracker::ScoreTracker;
-use kiln_scoring::train::{CheckpointScores, Pass, TrainingScores};
+use kiln_scoring::train::{CheckpointScores, Pass, PassFn, TrainingScores};
 use kiln_train::burn::tensor::Device;
 use kiln_train::tasks::{
     ClassificationTask, ImageClassificationTask, LabelledSequence, evaluate_images, image_batch,
@@ -332,10 +332,7 @@ fn run_all(setup: &Setup, work: &Path, device: &Device) -> Result<Runs> {
 }
 
 /// A pass over the `train` images in evaluation mode, for [`CheckpointScores`].
-fn epoch_pass(
-    set: Arc<ImageSet>,
-    train: Vec<usize>,
-) -> Box<dyn FnMut(&ImageClassifier) -> std::result::Result<Pass, String>> {
+fn epoch_pass(set: Arc<ImageSet>, train: Vec<usize>) -> PassFn<ImageClassifier> {
     Box::new(move |model: &ImageClassifier| {
         let valid = model.valid();
         let device = Device::flex();

@@ -300,7 +300,9 @@ impl<M> Algorithm<M> for CheckpointScores<M> {
                     .map_err(|e| format!("checkpoint scores every {}: {e}", self.every))?;
                 self.interval = steps.round().max(1.0) as u64;
             }
-            Event::BatchEnd if self.interval > 0 && ctx.state.step % self.interval == 0 => {
+            Event::BatchEnd
+                if self.interval > 0 && ctx.state.step.is_multiple_of(self.interval) =>
+            {
                 self.score(ctx.model, ctx.state.step)?;
             }
             Event::FitEnd => self.score(ctx.model, ctx.state.step)?,
