@@ -191,16 +191,7 @@ impl<M> Algorithm<M> for TrainingScores {
     }
 
     fn load_state(&mut self, state: &Value) -> Result<(), String> {
-        let tracker: ScoreTracker = serde_json::from_value(state.clone())
-            .map_err(|e| format!("scores in the checkpoint: {e}"))?;
-        if tracker.len() != self.tracker.len() {
-            return Err(format!(
-                "the checkpoint scores {} examples, this run {}",
-                tracker.len(),
-                self.tracker.len()
-            ));
-        }
-        self.tracker = tracker;
+        self.tracker = restore(state, self.tracker.len())?;
         Ok(())
     }
 }
@@ -316,19 +307,23 @@ impl<M> Algorithm<M> for CheckpointScores<M> {
     }
 
     fn load_state(&mut self, state: &Value) -> Result<(), String> {
-        let tracker: ScoreTracker = serde_json::from_value(state["tracker"].clone())
-            .map_err(|e| format!("checkpoint scores in the checkpoint: {e}"))?;
-        if tracker.len() != self.tracker.len() {
-            return Err(format!(
-                "the checkpoint scores {} examples, this run {}",
-                tracker.len(),
-                self.tracker.len()
-            ));
-        }
-        self.tracker = tracker;
+        self.tracker = restore(&state["tracker"], self.tracker.len())?;
         self.last = state["last"].as_u64();
         Ok(())
     }
+}
+
+/// A checkpointed tracker, which must cover the `n` examples of this run.
+fn restore(state: &Value, n: usize) -> Result<ScoreTracker, String> {
+    let tracker: ScoreTracker = serde_json::from_value(state.clone())
+        .map_err(|e| format!("scores in the checkpoint: {e}"))?;
+    if tracker.len() != n {
+        return Err(format!(
+            "the checkpoint scores {} examples, this run {n}",
+            tracker.len()
+        ));
+    }
+    Ok(tracker)
 }
 
 /// Every row's scores in f64 on the host, in [`SCORES`] order (rows with an ignored target get
