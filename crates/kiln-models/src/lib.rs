@@ -46,6 +46,7 @@ mod common;
 pub mod cpu;
 pub mod dense;
 mod device;
+pub mod diffusion;
 mod error;
 pub mod generate;
 pub mod gpt2;
