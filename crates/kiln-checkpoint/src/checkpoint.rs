@@ -17,11 +17,16 @@ pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// File name of the model config.
 pub const CONFIG_FILE: &str = "config.json";
+/// File name of a diffusers component's single-file checkpoint (`unet/`, `vae/`).
+pub const DIFFUSERS_SINGLE_FILE: &str = "diffusion_pytorch_model.safetensors";
+/// File name of a diffusers component's shard index.
+pub const DIFFUSERS_INDEX_FILE: &str = "diffusion_pytorch_model.safetensors.index.json";
 
 /// A checkpoint opened for lazy, per-tensor reading.
 ///
 /// Open a model directory (`model.safetensors`, or shards listed by
-/// `model.safetensors.index.json`) or a single `.safetensors` file. Every shard is memory-mapped
+/// `model.safetensors.index.json`; a diffusers component's `diffusion_pytorch_model.*` alike) or
+/// a single `.safetensors` file. Every shard is memory-mapped
 /// and its header validated up front; tensor data is read only when asked for.
 ///
 /// ```no_run
@@ -78,42 +83,47 @@ impl Checkpoint {
             }
         }
         let config = read_config(path)?;
-        let index_path = path.join(INDEX_FILE);
-        if regular_file(&index_path)? {
-            let (shards, weight_map) = read_index(&index_path)?;
-            let mut files = Vec::with_capacity(shards.len());
-            for shard in &shards {
-                let p = path.join(shard);
-                if !regular_file(&p)? {
-                    return Err(Error::MissingShard {
-                        index: index_path.clone(),
-                        dir: path.to_owned(),
-                        shard: shard.clone(),
-                    });
+        for (index_name, single_name) in [
+            (INDEX_FILE, SINGLE_FILE),
+            (DIFFUSERS_INDEX_FILE, DIFFUSERS_SINGLE_FILE),
+        ] {
+            let index_path = path.join(index_name);
+            if regular_file(&index_path)? {
+                let (shards, weight_map) = read_index(&index_path)?;
+                let mut files = Vec::with_capacity(shards.len());
+                for shard in &shards {
+                    let p = path.join(shard);
+                    if !regular_file(&p)? {
+                        return Err(Error::MissingShard {
+                            index: index_path.clone(),
+                            dir: path.to_owned(),
+                            shard: shard.clone(),
+                        });
+                    }
+                    files.push(SafetensorsFile::open(&p)?);
                 }
-                files.push(SafetensorsFile::open(&p)?);
+                let map = weight_map
+                    .into_iter()
+                    .map(|(tensor, shard)| {
+                        let i = shards
+                            .iter()
+                            .position(|s| *s == shard)
+                            .expect("shards come from the map");
+                        (tensor, i)
+                    })
+                    .collect();
+                return Self::from_files(
+                    path.to_owned(),
+                    files,
+                    Some((index_path, shards, map)),
+                    config,
+                );
             }
-            let map = weight_map
-                .into_iter()
-                .map(|(tensor, shard)| {
-                    let i = shards
-                        .iter()
-                        .position(|s| *s == shard)
-                        .expect("shards come from the map");
-                    (tensor, i)
-                })
-                .collect();
-            return Self::from_files(
-                path.to_owned(),
-                files,
-                Some((index_path, shards, map)),
-                config,
-            );
-        }
-        let single = path.join(SINGLE_FILE);
-        if regular_file(&single)? {
-            let file = SafetensorsFile::open(&single)?;
-            return Self::from_files(path.to_owned(), vec![file], None, config);
+            let single = path.join(single_name);
+            if regular_file(&single)? {
+                let file = SafetensorsFile::open(&single)?;
+                return Self::from_files(path.to_owned(), vec![file], None, config);
+            }
         }
         Err(Error::NoWeights {
             dir: path.to_owned(),

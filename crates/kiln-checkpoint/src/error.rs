@@ -139,10 +139,12 @@ pub enum Error {
         elements: usize,
     },
 
-    /// A directory without `model.safetensors` or `model.safetensors.index.json`.
+    /// A directory without `model.safetensors` or `model.safetensors.index.json` (or diffusers'
+    /// `diffusion_pytorch_model.*` names).
     #[error(
-        "{}: no safetensors weights (expected model.safetensors or model.safetensors.index.json); \
-         convert PyTorch .bin checkpoints to safetensors first",
+        "{}: no safetensors weights (expected model.safetensors, model.safetensors.index.json or \
+         diffusers' diffusion_pytorch_model.safetensors[.index.json]); convert PyTorch .bin \
+         checkpoints to safetensors first",
         dir.display()
     )]
     NoWeights {

@@ -65,7 +65,9 @@ pub use atomic::{
     AtomicDir, Recovered, STALE_AFTER, ScratchGuard, TEST_PAUSE_VAR, interrupt_cleanup, recover,
     register_scratch, write_atomic,
 };
-pub use checkpoint::{CONFIG_FILE, Checkpoint, INDEX_FILE, SINGLE_FILE};
+pub use checkpoint::{
+    CONFIG_FILE, Checkpoint, DIFFUSERS_INDEX_FILE, DIFFUSERS_SINGLE_FILE, INDEX_FILE, SINGLE_FILE,
+};
 pub use config::HfConfig;
 pub use dtype::Dtype;
 pub use error::{Error, Result};
