@@ -448,8 +448,8 @@ pub struct ResnetBlock {
     pub norm1: GroupNorm,
     /// 3×3 conv.
     pub conv1: Conv2d,
-    /// Time embedding projection.
-    pub time_emb_proj: Linear,
+    /// Time embedding projection (absent in the VAE's blocks).
+    pub time_emb_proj: Option<Linear>,
     /// GroupNorm before the second conv.
     pub norm2: GroupNorm,
     /// 3×3 conv.
@@ -559,7 +559,7 @@ pub struct UNet2DConditionModel {
     pub config: UNetConfig,
 }
 
-fn conv(i: usize, o: usize, k: usize, stride: usize, d: &Device) -> Conv2d {
+pub(crate) fn conv(i: usize, o: usize, k: usize, stride: usize, d: &Device) -> Conv2d {
     let pad = k / 2;
     Conv2dConfig::new([i, o], [k, k])
         .with_stride([stride, stride])
@@ -567,33 +567,47 @@ fn conv(i: usize, o: usize, k: usize, stride: usize, d: &Device) -> Conv2d {
         .init(d)
 }
 
-fn group_norm(groups: usize, channels: usize, eps: f64, d: &Device) -> GroupNorm {
+pub(crate) fn group_norm(groups: usize, channels: usize, eps: f64, d: &Device) -> GroupNorm {
     GroupNormConfig::new(groups, channels)
         .with_epsilon(eps)
         .init(d)
 }
 
-fn linear(i: usize, o: usize, bias: bool, d: &Device) -> Linear {
+pub(crate) fn linear(i: usize, o: usize, bias: bool, d: &Device) -> Linear {
     LinearConfig::new(i, o).with_bias(bias).init(d)
 }
 
 impl ResnetBlock {
     fn new(c: &UNetConfig, i: usize, o: usize, temb: usize, d: &Device) -> Self {
+        Self::with(c.norm_num_groups, c.norm_eps, i, o, Some(temb), d)
+    }
+
+    /// A block of `i` → `o` channels; `temb`: the time embedding's width, if it takes one.
+    pub(crate) fn with(
+        groups: usize,
+        eps: f64,
+        i: usize,
+        o: usize,
+        temb: Option<usize>,
+        d: &Device,
+    ) -> Self {
         Self {
-            norm1: group_norm(c.norm_num_groups, i, c.norm_eps, d),
+            norm1: group_norm(groups, i, eps, d),
             conv1: conv(i, o, 3, 1, d),
-            time_emb_proj: linear(temb, o, true, d),
-            norm2: group_norm(c.norm_num_groups, o, c.norm_eps, d),
+            time_emb_proj: temb.map(|t| linear(t, o, true, d)),
+            norm2: group_norm(groups, o, eps, d),
             conv2: conv(o, o, 3, 1, d),
             conv_shortcut: (i != o).then(|| conv(i, o, 1, 1, d)),
         }
     }
 
-    fn forward(&self, x: Tensor<4>, temb: Tensor<2>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let [b, o] = [h.dims()[0], h.dims()[1]];
-        let t = self.time_emb_proj.forward(silu(temb)).reshape([b, o, 1, 1]);
-        let h = self.conv2.forward(silu(self.norm2.forward(h + t)));
+    pub(crate) fn forward(&self, x: Tensor<4>, temb: Option<Tensor<2>>) -> Tensor<4> {
+        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        if let (Some(p), Some(t)) = (&self.time_emb_proj, temb) {
+            let [b, o] = [h.dims()[0], h.dims()[1]];
+            h = h + p.forward(silu(t)).reshape([b, o, 1, 1]);
+        }
+        let h = self.conv2.forward(silu(self.norm2.forward(h)));
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x),
             None => x,
@@ -682,7 +696,7 @@ impl Transformer2D {
 }
 
 /// Nearest-neighbour ×2 upsampling.
-fn upsample2(x: Tensor<4>) -> Tensor<4> {
+pub(crate) fn upsample2(x: Tensor<4>) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
     x.reshape([b, c, h, 1, w, 1])
         .expand([b, c, h, 2, w, 2])
@@ -848,7 +862,7 @@ impl UNet2DConditionModel {
         let mut skips = vec![x.clone()];
         for level in &self.down_blocks {
             for (j, r) in level.resnets.iter().enumerate() {
-                x = r.forward(x, temb.clone());
+                x = r.forward(x, Some(temb.clone()));
                 if let Some(a) = level.attentions.get(j) {
                     x = a.forward(x, encoder_hidden_states.clone());
                 }
@@ -860,15 +874,15 @@ impl UNet2DConditionModel {
             }
         }
         let mid = &self.mid_block;
-        x = mid.resnets[0].forward(x, temb.clone());
+        x = mid.resnets[0].forward(x, Some(temb.clone()));
         x = mid.attention.forward(x, encoder_hidden_states.clone());
-        x = mid.resnets[1].forward(x, temb.clone());
+        x = mid.resnets[1].forward(x, Some(temb.clone()));
         for level in &self.up_blocks {
             for (j, r) in level.resnets.iter().enumerate() {
                 let skip = skips.pop().ok_or_else(|| Error::Input {
                     message: "the UNet's skip connections do not match its levels".into(),
                 })?;
-                x = r.forward(Tensor::cat(vec![x, skip], 1), temb.clone());
+                x = r.forward(Tensor::cat(vec![x, skip], 1), Some(temb.clone()));
                 if let Some(a) = level.attentions.get(j) {
                     x = a.forward(x, encoder_hidden_states.clone());
                 }
@@ -912,7 +926,7 @@ impl UNet2DConditionModel {
     }
 }
 
-fn load_conv(w: &mut WeightLoader<'_>, prefix: &str, c: &mut Conv2d) -> Result<()> {
+pub(crate) fn load_conv(w: &mut WeightLoader<'_>, prefix: &str, c: &mut Conv2d) -> Result<()> {
     let dims = c.weight.dims();
     if let Some(t) = w.tensor(&format!("{prefix}.weight"), dims)? {
         set(&mut c.weight, t);
@@ -926,7 +940,11 @@ fn load_conv(w: &mut WeightLoader<'_>, prefix: &str, c: &mut Conv2d) -> Result<(
     Ok(())
 }
 
-fn load_group_norm(w: &mut WeightLoader<'_>, prefix: &str, n: &mut GroupNorm) -> Result<()> {
+pub(crate) fn load_group_norm(
+    w: &mut WeightLoader<'_>,
+    prefix: &str,
+    n: &mut GroupNorm,
+) -> Result<()> {
     let c = n.num_channels;
     for (name, p) in [("weight", n.gamma.as_mut()), ("bias", n.beta.as_mut())] {
         if let Some(p) = p
@@ -938,10 +956,12 @@ fn load_group_norm(w: &mut WeightLoader<'_>, prefix: &str, n: &mut GroupNorm) ->
     Ok(())
 }
 
-fn load_resnet(w: &mut WeightLoader<'_>, p: &str, r: &mut ResnetBlock) -> Result<()> {
+pub(crate) fn load_resnet(w: &mut WeightLoader<'_>, p: &str, r: &mut ResnetBlock) -> Result<()> {
     load_group_norm(w, &format!("{p}.norm1"), &mut r.norm1)?;
     load_conv(w, &format!("{p}.conv1"), &mut r.conv1)?;
-    w.linear_out_in(&format!("{p}.time_emb_proj"), &mut r.time_emb_proj)?;
+    if let Some(t) = r.time_emb_proj.as_mut() {
+        w.linear_out_in(&format!("{p}.time_emb_proj"), t)?;
+    }
     load_group_norm(w, &format!("{p}.norm2"), &mut r.norm2)?;
     load_conv(w, &format!("{p}.conv2"), &mut r.conv2)?;
     if let Some(s) = r.conv_shortcut.as_mut() {
