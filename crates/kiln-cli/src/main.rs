@@ -17,6 +17,7 @@
 //! Every subcommand prints a table by default and `--json` / `--csv` for scripts. Errors go to
 //! stderr with their causes; the exit status is 1 for a failed command and 2 for bad arguments.
 
+mod diffuse;
 mod error;
 mod lora;
 mod merge;

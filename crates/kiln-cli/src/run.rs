@@ -1,4 +1,5 @@
-//! `kiln run logits|generate --model DIR`: try a GPT-2 or BERT checkpoint.
+//! `kiln run logits|generate|diffuse --model DIR`: try a GPT-2 or BERT checkpoint, or make an
+//! image with a diffusers pipeline.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,13 +14,17 @@ use kiln_models::{LoadOptions, device_from_name};
 
 use crate::error::CliError;
 
-/// Run a Hugging Face GPT-2 or BERT checkpoint.
+/// Run a Hugging Face GPT-2 or BERT checkpoint, or a diffusers Stable Diffusion pipeline.
 #[derive(Debug, Subcommand)]
 pub(crate) enum RunCommand {
     /// Write the logits for given token ids to a safetensors file.
     Logits(LogitsArgs),
     /// Generate text with a GPT-2 model (greedy, or sampled with --temperature).
     Generate(GenerateArgs),
+    /// Make an image with a diffusers Stable Diffusion pipeline directory (classifier-free
+    /// guided DDIM, DDPM or Euler sampling), or run the same loop from given embeddings and
+    /// initial latents and write the final latents.
+    Diffuse(crate::diffuse::DiffuseArgs),
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +120,10 @@ pub(crate) fn run(command: RunCommand) -> Result<(), CliError> {
     match command {
         RunCommand::Logits(a) => logits(a),
         RunCommand::Generate(a) => generate_text(a),
+        RunCommand::Diffuse(a) => {
+            let dev = device(a.device_name())?;
+            crate::diffuse::diffuse(a, dev)
+        }
     }
 }
 

@@ -1,0 +1,199 @@
+//! `kiln run diffuse` on the tiny Stable Diffusion pipeline kiln-models' fixture script saved
+//! with diffusers: from the embeddings and initial latents StableDiffusionPipeline was given,
+//! the written latents equal its final latents and the PNG its decoded image; inputs that
+//! cannot work are refused with what to do.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kiln_checkpoint::{Checkpoint, Dtype};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kiln-models/tests/fixtures")
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("run kiln")
+}
+
+/// Copies tensor `from` of the reference file into its own safetensors file as `to`.
+fn extract(r: &Checkpoint, from: &str, to: &str, path: &Path) {
+    let t = r.tensor(from).unwrap();
+    let v = t.to_f32().unwrap();
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    kiln_checkpoint::write_file(
+        path,
+        &[(to, Dtype::F32, t.shape(), &bytes)],
+        &Default::default(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn diffuse_from_embeddings_equals_diffusers_and_writes_a_png() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = Checkpoint::open(fixtures().join("reference/sd_tiny.safetensors")).unwrap();
+    let (p, n, l) = (
+        tmp.path().join("p.safetensors"),
+        tmp.path().join("n.safetensors"),
+        tmp.path().join("l.safetensors"),
+    );
+    extract(&r, "prompt_embeds", "prompt_embeds", &p);
+    extract(&r, "negative_embeds", "negative_embeds", &n);
+    extract(&r, "init_latents", "latents", &l);
+    let (out, png) = (
+        tmp.path().join("out.safetensors"),
+        tmp.path().join("img.png"),
+    );
+    let model = fixtures().join("models/sd_tiny");
+    let o = kiln(&[
+        "run",
+        "diffuse",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-embeds",
+        p.to_str().unwrap(),
+        "--negative-embeds",
+        n.to_str().unwrap(),
+        "--init-latents",
+        l.to_str().unwrap(),
+        "--steps",
+        "5",
+        "--guidance",
+        "7.5",
+        "--output-latents",
+        out.to_str().unwrap(),
+        "--output",
+        png.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = Checkpoint::open(&out)
+        .unwrap()
+        .tensor("latents")
+        .unwrap()
+        .to_f32()
+        .unwrap();
+    let want = r.tensor("ddim").unwrap().to_f32().unwrap();
+    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(worst <= 1e-4 * scale, "latents differ by {worst:e}");
+    // the PNG is diffusers' image in [0, 1], as 8-bit RGB
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (16, 16));
+    let image = r.tensor("image").unwrap().to_f32().unwrap(); // [1, 3, 16, 16]
+    for y in 0..16 {
+        for x in 0..16 {
+            for c in 0..3 {
+                let want = (image[(c * 16 + y) * 16 + x] * 255.0).round();
+                let got = f32::from(buf[(y * 16 + x) * 3 + c]);
+                assert!(
+                    (got - want).abs() <= 1.0,
+                    "pixel ({x}, {y}) channel {c}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn diffuse_refuses_what_cannot_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("models/sd_tiny");
+    let png = tmp.path().join("img.png");
+    // a prompt needs tokenizer/tokenizer.json, which this pipeline lacks
+    let o = kiln(&[
+        "run",
+        "diffuse",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--output",
+        png.to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("tokenizer.json"), "{e}");
+    // guidance without negative embeddings
+    let r = Checkpoint::open(fixtures().join("reference/sd_tiny.safetensors")).unwrap();
+    let p = tmp.path().join("p.safetensors");
+    extract(&r, "prompt_embeds", "prompt_embeds", &p);
+    let o = kiln(&[
+        "run",
+        "diffuse",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt-embeds",
+        p.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--output",
+        png.to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("--negative-embeds"),
+        "{e}"
+    );
+    assert!(!png.exists(), "nothing written on failure");
+    // not a pipeline directory; and no output inside the model
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for (out, expect) in [
+        (png.clone(), "model_index.json"),
+        (empty.join("img.png"), "never writes onto, inside"),
+    ] {
+        let o = kiln(&[
+            "run",
+            "diffuse",
+            "--model",
+            empty.to_str().unwrap(),
+            "--prompt-embeds",
+            p.to_str().unwrap(),
+            "--guidance",
+            "1",
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains(expect), "{e}");
+    }
+    // unguided, seeded noise: runs, and the same seed gives the same image
+    let run = |out: &Path| {
+        let o = kiln(&[
+            "run",
+            "diffuse",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-embeds",
+            p.to_str().unwrap(),
+            "--guidance",
+            "1",
+            "--steps",
+            "3",
+            "--seed",
+            "7",
+            "--scheduler",
+            "euler",
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(out).unwrap()
+    };
+    assert_eq!(
+        run(&tmp.path().join("a.png")),
+        run(&tmp.path().join("b.png"))
+    );
+}
