@@ -106,18 +106,77 @@ fn diffuse_from_embeddings_equals_diffusers_and_writes_a_png() {
 }
 
 #[test]
-fn diffuse_refuses_what_cannot_work() {
+fn diffuse_from_a_prompt_equals_diffusers() {
     let tmp = tempfile::tempdir().unwrap();
+    let r = Checkpoint::open(fixtures().join("reference/sd_tiny.safetensors")).unwrap();
+    let l = tmp.path().join("l.safetensors");
+    extract(&r, "init_latents", "latents", &l);
+    let out = tmp.path().join("out.safetensors");
     let model = fixtures().join("models/sd_tiny");
-    let png = tmp.path().join("img.png");
-    // a prompt needs tokenizer/tokenizer.json, which this pipeline lacks
+    // the tokenizer pads to the text encoder's length with the pipeline's pad token, the
+    // negative prompt defaults to "", guidance to 7.5 and the scheduler to the pipeline's DDIM
     let o = kiln(&[
         "run",
         "diffuse",
         "--model",
         model.to_str().unwrap(),
         "--prompt",
-        "a cat",
+        "w5 w9 w12 w40",
+        "--init-latents",
+        l.to_str().unwrap(),
+        "--steps",
+        "5",
+        "--output-latents",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = Checkpoint::open(&out)
+        .unwrap()
+        .tensor("latents")
+        .unwrap()
+        .to_f32()
+        .unwrap();
+    let want = r.tensor("prompt_ddim").unwrap().to_f32().unwrap();
+    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(worst <= 1e-4 * scale, "latents differ by {worst:e}");
+}
+
+fn copy_dir(from: &Path, to: &Path, skip: &str) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if name == skip {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(&name), skip);
+        } else {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn diffuse_refuses_what_cannot_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("models/sd_tiny");
+    let png = tmp.path().join("img.png");
+    // a prompt needs tokenizer/tokenizer.json: a copy of the pipeline without its tokenizer
+    let bare = tmp.path().join("bare");
+    copy_dir(&model, &bare, "tokenizer");
+    let o = kiln(&[
+        "run",
+        "diffuse",
+        "--model",
+        bare.to_str().unwrap(),
+        "--prompt",
+        "w5",
         "--steps",
         "2",
         "--output",
