@@ -363,3 +363,121 @@ pub(crate) fn diffuse(args: DiffuseArgs, device: Device) -> Result<(), CliError>
     }
     Ok(())
 }
+
+#[derive(Debug, Args)]
+pub(crate) struct ForwardArgs {
+    /// A diffusers component directory: `unet/` (UNet2DConditionModel) or `vae/`
+    /// (AutoencoderKL), told apart by `_class_name` in its config.json.
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Named input tensors (safetensors). UNet: `sample` [B, C, H, W], `timestep` [1] or [B]
+    /// (f32), `encoder_hidden_states` [B, L, cross_attention_dim]. VAE: `sample` — latents
+    /// [B, latent_channels, h, w] to decode (unscaled, as diffusers' `vae.decode`), or an image
+    /// [B, in_channels, H, W] in [−1, 1] to encode with `--encode`.
+    #[arg(long, value_name = "FILE")]
+    inputs: PathBuf,
+    /// VAE: encode `sample` and write the posterior's `mean` and `logvar` instead of decoding.
+    #[arg(long)]
+    encode: bool,
+    /// Output safetensors: `sample` (the UNet's prediction, or the decoded image), or `mean` and
+    /// `logvar` with --encode. Written atomically, never onto or inside an input.
+    #[arg(long, value_name = "FILE")]
+    output: PathBuf,
+    /// Device: cpu, cuda[:N] (`cuda` feature), wgpu (`wgpu` feature) [default: KILN_DEVICE,
+    /// else cpu].
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl ForwardArgs {
+    pub(crate) fn device_name(&self) -> Option<&str> {
+        self.device.as_deref()
+    }
+}
+
+fn bytes<const D: usize>(t: Tensor<D>) -> Result<(Vec<usize>, Vec<u8>), CliError> {
+    let dims = t.dims().to_vec();
+    let v: Vec<f32> = t
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| CliError::Usage(format!("reading the output: {e:?}")))?;
+    Ok((dims, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+}
+
+pub(crate) fn forward(args: ForwardArgs, device: Device) -> Result<(), CliError> {
+    use kiln_models::LoadOptions;
+    use kiln_models::diffusion::unet::UNet2DConditionModel;
+    use kiln_models::diffusion::vae::AutoencoderKl;
+    kiln_checkpoint::paths::check_output(
+        &args.output,
+        &[
+            ("the model".to_owned(), args.model.clone()),
+            ("the inputs".to_owned(), args.inputs.clone()),
+        ],
+    )?;
+    let config = args.model.join("config.json");
+    let text = std::fs::read_to_string(&config).map_err(|source| CliError::Io {
+        path: config.clone(),
+        source,
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(CliError::Json)?;
+    let class = v["_class_name"].as_str().unwrap_or_default().to_owned();
+    let mut meta = BTreeMap::from([
+        ("model".to_owned(), args.model.display().to_string()),
+        ("class".to_owned(), class.clone()),
+    ]);
+    let outputs: Vec<(&str, (Vec<usize>, Vec<u8>))> = match class.as_str() {
+        "UNet2DConditionModel" => {
+            if args.encode {
+                return Err(CliError::Usage("--encode is for a VAE".into()));
+            }
+            let unet = UNet2DConditionModel::load(&args.model, &device, LoadOptions::default())?;
+            let sample: Tensor<4> = read_tensor(&args.inputs, "sample", &device)?;
+            let t: Tensor<1> = read_named(&args.inputs, "timestep", &device)?;
+            let text: Tensor<3> = read_named(&args.inputs, "encoder_hidden_states", &device)?;
+            vec![("sample", bytes(unet.forward(sample, t, text)?)?)]
+        }
+        "AutoencoderKL" => {
+            let vae = AutoencoderKl::load(&args.model, &device, LoadOptions::default())?;
+            let sample: Tensor<4> = read_tensor(&args.inputs, "sample", &device)?;
+            if args.encode {
+                meta.insert("direction".into(), "encode".into());
+                let post = vae.encode(sample)?;
+                vec![("mean", bytes(post.mean)?), ("logvar", bytes(post.logvar)?)]
+            } else {
+                meta.insert("direction".into(), "decode".into());
+                vec![("sample", bytes(vae.decode(sample)?)?)]
+            }
+        }
+        other => {
+            return Err(CliError::Usage(format!(
+                "{}: `_class_name` is \"{other}\"; `kiln run forward` runs a diffusers UNet2DConditionModel or AutoencoderKL directory (a pipeline's unet/ or vae/)",
+                config.display()
+            )));
+        }
+    };
+    let tensors: Vec<(&str, Dtype, &[usize], &[u8])> = outputs
+        .iter()
+        .map(|(n, (d, b))| (*n, Dtype::F32, d.as_slice(), b.as_slice()))
+        .collect();
+    kiln_checkpoint::write_file(&args.output, &tensors, &meta)?;
+    eprintln!("wrote {}", args.output.display());
+    Ok(())
+}
+
+/// A tensor that must be present by name.
+fn read_named<const D: usize>(
+    path: &Path,
+    name: &str,
+    device: &Device,
+) -> Result<Tensor<D>, CliError> {
+    let ckpt = Checkpoint::open(path)?;
+    if !ckpt.contains(name) {
+        return Err(CliError::Usage(format!(
+            "{}: no tensor `{name}`",
+            path.display()
+        )));
+    }
+    read_tensor(path, name, device)
+}

@@ -1,4 +1,4 @@
-//! `kiln run logits|generate|diffuse --model DIR`: try a GPT-2 or BERT checkpoint, or make an
+//! `kiln run logits|generate|diffuse|forward --model DIR`: try a GPT-2 or BERT checkpoint, or make an
 //! image with a diffusers pipeline.
 
 use std::collections::BTreeMap;
@@ -25,6 +25,9 @@ pub(crate) enum RunCommand {
     /// guided DDIM, DDPM or Euler sampling), or run the same loop from given embeddings and
     /// initial latents and write the final latents.
     Diffuse(crate::diffuse::DiffuseArgs),
+    /// One forward pass of a diffusers UNet or VAE directory: named tensors in, named tensors
+    /// out (safetensors).
+    Forward(crate::diffuse::ForwardArgs),
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +126,10 @@ pub(crate) fn run(command: RunCommand) -> Result<(), CliError> {
         RunCommand::Diffuse(a) => {
             let dev = device(a.device_name())?;
             crate::diffuse::diffuse(a, dev)
+        }
+        RunCommand::Forward(a) => {
+            let dev = device(a.device_name())?;
+            crate::diffuse::forward(a, dev)
         }
     }
 }

@@ -256,3 +256,107 @@ fn diffuse_refuses_what_cannot_work() {
         run(&tmp.path().join("b.png"))
     );
 }
+
+/// Copies tensors of the reference file into one safetensors file under new names.
+fn extract_many(r: &Checkpoint, names: &[(&str, &str)], path: &Path) {
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = names
+        .iter()
+        .map(|(from, to)| {
+            let t = r.tensor(from).unwrap();
+            let b: Vec<u8> = t
+                .to_f32()
+                .unwrap()
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            ((*to).to_owned(), t.shape().to_vec(), b)
+        })
+        .collect();
+    let view: Vec<(&str, Dtype, &[usize], &[u8])> = tensors
+        .iter()
+        .map(|(n, s, b)| (n.as_str(), Dtype::F32, s.as_slice(), b.as_slice()))
+        .collect();
+    kiln_checkpoint::write_file(path, &view, &Default::default()).unwrap();
+}
+
+#[track_caller]
+fn same(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(worst <= 1e-5 * scale, "{what}: {worst:e}");
+}
+
+#[test]
+fn forward_runs_a_unet_and_a_vae_as_diffusers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |model: &str, inputs: &Path, extra: &[&str]| {
+        let out = tmp.path().join(format!("{model}-out.safetensors"));
+        let dir = fixtures().join("models").join(model);
+        let mut args = vec![
+            "run",
+            "forward",
+            "--model",
+            dir.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = kiln(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Checkpoint::open(&out).unwrap()
+    };
+    let r = Checkpoint::open(fixtures().join("reference/unet_tiny.safetensors")).unwrap();
+    let inputs = tmp.path().join("unet-in.safetensors");
+    extract_many(
+        &r,
+        &[
+            ("sample", "sample"),
+            ("timestep_each", "timestep"),
+            ("encoder_hidden_states", "encoder_hidden_states"),
+        ],
+        &inputs,
+    );
+    let out = run("unet_tiny", &inputs, &[]);
+    same(
+        &out.tensor("sample").unwrap().to_f32().unwrap(),
+        &r.tensor("out_each").unwrap().to_f32().unwrap(),
+        "UNet sample",
+    );
+    let r = Checkpoint::open(fixtures().join("reference/vae_tiny.safetensors")).unwrap();
+    let latents = tmp.path().join("vae-in.safetensors");
+    extract_many(&r, &[("latents", "sample")], &latents);
+    let out = run("vae_tiny", &latents, &[]);
+    same(
+        &out.tensor("sample").unwrap().to_f32().unwrap(),
+        &r.tensor("decoded").unwrap().to_f32().unwrap(),
+        "VAE decode",
+    );
+    let image = tmp.path().join("vae-image.safetensors");
+    extract_many(&r, &[("image", "sample")], &image);
+    let out = run("vae_tiny", &image, &["--encode"]);
+    same(
+        &out.tensor("mean").unwrap().to_f32().unwrap(),
+        &r.tensor("mean").unwrap().to_f32().unwrap(),
+        "VAE mean",
+    );
+    // a directory that is neither
+    let o = kiln(&[
+        "run",
+        "forward",
+        "--model",
+        fixtures().join("models/clip_text_gelu").to_str().unwrap(),
+        "--inputs",
+        image.to_str().unwrap(),
+        "--output",
+        tmp.path().join("x.safetensors").to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("_class_name"), "{e}");
+}
