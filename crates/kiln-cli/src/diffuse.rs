@@ -395,7 +395,10 @@ impl ForwardArgs {
     }
 }
 
-fn bytes<const D: usize>(t: Tensor<D>) -> Result<(Vec<usize>, Vec<u8>), CliError> {
+/// A tensor's shape and little-endian f32 bytes.
+type Raw = (Vec<usize>, Vec<u8>);
+
+fn bytes<const D: usize>(t: Tensor<D>) -> Result<Raw, CliError> {
     let dims = t.dims().to_vec();
     let v: Vec<f32> = t
         .into_data()
@@ -427,7 +430,7 @@ pub(crate) fn forward(args: ForwardArgs, device: Device) -> Result<(), CliError>
         ("model".to_owned(), args.model.display().to_string()),
         ("class".to_owned(), class.clone()),
     ]);
-    let outputs: Vec<(&str, (Vec<usize>, Vec<u8>))> = match class.as_str() {
+    let outputs: Vec<(&str, Raw)> = match class.as_str() {
         "UNet2DConditionModel" => {
             if args.encode {
                 return Err(CliError::Usage("--encode is for a VAE".into()));
