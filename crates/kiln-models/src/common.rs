@@ -121,6 +121,16 @@ pub(crate) fn zero_bias(mut l: Linear) -> crate::dense::Dense {
 }
 
 /// `config.json` beside a model: in the directory, or beside a `.safetensors` file.
+/// Reads and parses a JSON config file; errors name the file (`what`: "a UNet config", …).
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|source| crate::error::Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| config_err(format!("{}: not {what}: {e}", path.display())))
+}
+
 pub(crate) fn config_path(model: &Path) -> PathBuf {
     if model.is_file() {
         model.parent().unwrap_or(Path::new(".")).join("config.json")

@@ -92,12 +92,7 @@ impl ClipTextConfig {
     /// I/O and JSON errors naming the file; [`validate`](Self::validate)'s.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| config_err(format!("{}: {e}", path.display())))?;
+        let mut v: serde_json::Value = crate::common::read_json(path, "a JSON config")?;
         if let Some(t) = v.get("text_config") {
             v = t.clone();
         }

@@ -149,14 +149,7 @@ impl SchedulerConfig {
     /// [`Error::Io`] when the file cannot be read, [`Error::Config`] naming the file when it is
     /// not a scheduler config.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|e| Error::Config {
-            message: format!("{}: {e}", path.display()),
-        })
+        crate::common::read_json(path.as_ref(), "a scheduler config")
     }
 }
 

@@ -256,13 +256,7 @@ impl UNetConfig {
     /// # Errors
     /// I/O and JSON errors naming the file; [`check`](Self::check)'s.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let c: Self = serde_json::from_str(&text)
-            .map_err(|e| config_err(format!("{}: not a UNet config: {e}", path.display())))?;
+        let c: Self = crate::common::read_json(path.as_ref(), "a UNet config")?;
         c.check()?;
         Ok(c)
     }
