@@ -109,9 +109,10 @@ impl<M> Algorithm<M> for TrainingScores {
             .convert::<i64>()
             .try_to_vec::<i64>()
             .map_err(|e| format!("reading targets: {e:?}"))?;
-        if targets.len() != rows || pred.example_of_row.len() != rows {
+        let documents = pred.documents.as_ref().map_or(rows, Vec::len);
+        if targets.len() != rows || pred.example_of_row.len() != rows || documents != rows {
             return Err(format!(
-                "{rows} rows of logits, {} targets and {} row owners",
+                "{rows} rows of logits, {} targets, {} row owners and {documents} documents; the task must give one of each per row",
                 targets.len(),
                 pred.example_of_row.len()
             ));
