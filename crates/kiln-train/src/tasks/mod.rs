@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 use crate::step::{ModelInputs, Predictions, RunPlan, StepOutput};
 use crate::trainer::{BatchSize, DataSize, TrainState, TrainTask};
 
+mod diffusion;
+pub use diffusion::{DiffusionBatch, LatentSet, TextToImageConfig, TextToImageTask};
 mod images;
 pub use images::{
     ImageClassificationTask, ImageFisherData, ImageReplaySource, evaluate_images, image_batch,
