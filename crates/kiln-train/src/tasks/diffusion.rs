@@ -61,7 +61,11 @@ pub struct DiffusionBatch {
     dropped: Vec<bool>,
 }
 
-/// See the [module docs](self).
+/// Training a diffusers-style UNet on precomputed latents and text embeddings with
+/// `train_text_to_image.py`'s objective: random timesteps, offset noise, caption dropout by
+/// zeroing the embeddings, ε or v target, optional Min-SNR-γ. Every draw of a step comes from a
+/// generator seeded by `(seed, step, micro-batch)`, so a resumed run draws what the
+/// uninterrupted one did.
 pub struct TextToImageTask {
     data: LatentSet,
     eval: Vec<usize>,
