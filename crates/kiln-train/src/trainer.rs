@@ -714,9 +714,16 @@ impl MetricsLog {
         })
     }
 
+    /// One `write` per line: a process killed mid-step leaves whole lines behind, not a
+    /// half-written one for a reader polling the file (`writeln!` on a `File` issues a write
+    /// per formatted piece).
     fn write(&mut self, line: &Value) -> Result<()> {
         use std::io::Write;
-        writeln!(self.file, "{line}").map_err(io_err(&self.path))
+        let mut text = line.to_string();
+        text.push('\n');
+        self.file
+            .write_all(text.as_bytes())
+            .map_err(io_err(&self.path))
     }
 }
 
