@@ -238,6 +238,12 @@ pub(crate) fn diffuse(args: DiffuseArgs, device: Device) -> Result<(), CliError>
     for out in [&args.output, &args.output_latents].into_iter().flatten() {
         kiln_checkpoint::paths::check_output(out, &inputs)?;
     }
+    if let (Some(image), Some(latents)) = (&args.output, &args.output_latents) {
+        kiln_checkpoint::paths::check_output(
+            image,
+            &[("--output-latents".to_owned(), latents.clone())],
+        )?;
+    }
     if args.steps == 0 {
         return Err(CliError::Usage("--steps must be at least 1".into()));
     }

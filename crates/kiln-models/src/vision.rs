@@ -566,17 +566,17 @@ impl ImageClassifier {
                 w.linear_out_in("head", &mut m.head)?;
             }
             Network::Resnet(r) => {
-                load_conv(&mut w, "conv1", &mut r.conv1)?;
+                w.conv2d("conv1", &mut r.conv1)?;
                 load_bn(&mut w, "bn1", &mut r.bn1)?;
                 for (s, stage) in r.stages.iter_mut().enumerate() {
                     for (b, blk) in stage.iter_mut().enumerate() {
                         let p = format!("layer{}.{b}", s + 1);
-                        load_conv(&mut w, &format!("{p}.conv1"), &mut blk.conv1)?;
+                        w.conv2d(&format!("{p}.conv1"), &mut blk.conv1)?;
                         load_bn(&mut w, &format!("{p}.bn1"), &mut blk.bn1)?;
-                        load_conv(&mut w, &format!("{p}.conv2"), &mut blk.conv2)?;
+                        w.conv2d(&format!("{p}.conv2"), &mut blk.conv2)?;
                         load_bn(&mut w, &format!("{p}.bn2"), &mut blk.bn2)?;
                         if let Some((c, n)) = blk.downsample.as_mut() {
-                            load_conv(&mut w, &format!("{p}.downsample.0"), c)?;
+                            w.conv2d(&format!("{p}.downsample.0"), c)?;
                             load_bn(&mut w, &format!("{p}.downsample.1"), n)?;
                         }
                     }
@@ -584,7 +584,7 @@ impl ImageClassifier {
                 w.linear_out_in("fc", &mut r.fc)?;
             }
             Network::Vit(v) => {
-                load_conv(&mut w, "patch_embed.proj", &mut v.patch_embed)?;
+                w.conv2d("patch_embed.proj", &mut v.patch_embed)?;
                 for (name, p) in [
                     ("cls_token", &mut v.cls_token),
                     ("pos_embed", &mut v.pos_embed),
@@ -700,20 +700,6 @@ fn attention(blk: &VitBlock, x: Tensor<3>) -> Tensor<3> {
         .mul_scalar(1.0 / (dh as f64).sqrt());
     let out = softmax(scores, 3).matmul(v); // [B, H, N, dh]
     blk.proj.forward(out.swap_dims(1, 2).reshape([b, n, dim]))
-}
-
-fn load_conv(w: &mut WeightLoader<'_>, prefix: &str, c: &mut Conv2d) -> Result<()> {
-    let dims = c.weight.dims();
-    if let Some(t) = w.tensor(&format!("{prefix}.weight"), dims)? {
-        set(&mut c.weight, t);
-    }
-    if let Some(b) = c.bias.as_mut() {
-        let dims = b.dims();
-        if let Some(t) = w.tensor(&format!("{prefix}.bias"), dims)? {
-            set(b, t);
-        }
-    }
-    Ok(())
 }
 
 fn load_bn(w: &mut WeightLoader<'_>, prefix: &str, bn: &mut BatchNorm) -> Result<()> {

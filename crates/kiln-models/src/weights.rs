@@ -202,6 +202,22 @@ impl<'a> WeightLoader<'a> {
         Ok(())
     }
 
+    /// A `Conv2d` stored as PyTorch's (`[out, in/groups, kh, kw]`, the same layout in burn):
+    /// `prefix.weight`, and `prefix.bias` when the conv has one.
+    pub(crate) fn conv2d(&mut self, prefix: &str, c: &mut burn::nn::conv::Conv2d) -> Result<()> {
+        let dims = c.weight.dims();
+        if let Some(t) = self.tensor(&format!("{prefix}.weight"), dims)? {
+            set(&mut c.weight, t);
+        }
+        if let Some(b) = c.bias.as_mut() {
+            let dims = b.dims();
+            if let Some(t) = self.tensor(&format!("{prefix}.bias"), dims)? {
+                set(b, t);
+            }
+        }
+        Ok(())
+    }
+
     /// An embedding table `[n, d]`.
     pub(crate) fn embedding(&mut self, name: &str, emb: &mut Embedding) -> Result<()> {
         let dims = emb.weight.dims();

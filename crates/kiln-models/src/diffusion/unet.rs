@@ -902,7 +902,7 @@ impl UNet2DConditionModel {
         let mut w = WeightLoader::new(&ckpt, device, "");
         w.linear_out_in("time_embedding.linear_1", &mut m.time_linear_1)?;
         w.linear_out_in("time_embedding.linear_2", &mut m.time_linear_2)?;
-        load_conv(&mut w, "conv_in", &mut m.conv_in)?;
+        w.conv2d("conv_in", &mut m.conv_in)?;
         for (i, level) in m.down_blocks.iter_mut().enumerate() {
             load_level(&mut w, &format!("down_blocks.{i}"), level, "downsamplers")?;
         }
@@ -914,24 +914,10 @@ impl UNet2DConditionModel {
             load_level(&mut w, &format!("up_blocks.{i}"), level, "upsamplers")?;
         }
         load_group_norm(&mut w, "conv_norm_out", &mut m.conv_norm_out)?;
-        load_conv(&mut w, "conv_out", &mut m.conv_out)?;
+        w.conv2d("conv_out", &mut m.conv_out)?;
         w.finish(options, |_| false)?;
         Ok(m)
     }
-}
-
-pub(crate) fn load_conv(w: &mut WeightLoader<'_>, prefix: &str, c: &mut Conv2d) -> Result<()> {
-    let dims = c.weight.dims();
-    if let Some(t) = w.tensor(&format!("{prefix}.weight"), dims)? {
-        set(&mut c.weight, t);
-    }
-    if let Some(b) = c.bias.as_mut() {
-        let [o] = b.dims();
-        if let Some(t) = w.tensor(&format!("{prefix}.bias"), [o])? {
-            set(b, t);
-        }
-    }
-    Ok(())
 }
 
 pub(crate) fn load_group_norm(
@@ -952,21 +938,21 @@ pub(crate) fn load_group_norm(
 
 pub(crate) fn load_resnet(w: &mut WeightLoader<'_>, p: &str, r: &mut ResnetBlock) -> Result<()> {
     load_group_norm(w, &format!("{p}.norm1"), &mut r.norm1)?;
-    load_conv(w, &format!("{p}.conv1"), &mut r.conv1)?;
+    w.conv2d(&format!("{p}.conv1"), &mut r.conv1)?;
     if let Some(t) = r.time_emb_proj.as_mut() {
         w.linear_out_in(&format!("{p}.time_emb_proj"), t)?;
     }
     load_group_norm(w, &format!("{p}.norm2"), &mut r.norm2)?;
-    load_conv(w, &format!("{p}.conv2"), &mut r.conv2)?;
+    w.conv2d(&format!("{p}.conv2"), &mut r.conv2)?;
     if let Some(s) = r.conv_shortcut.as_mut() {
-        load_conv(w, &format!("{p}.conv_shortcut"), s)?;
+        w.conv2d(&format!("{p}.conv_shortcut"), s)?;
     }
     Ok(())
 }
 
 fn load_projection(w: &mut WeightLoader<'_>, p: &str, proj: &mut Projection) -> Result<()> {
     match proj {
-        Projection::Conv(c) => load_conv(w, p, c),
+        Projection::Conv(c) => w.conv2d(p, c),
         Projection::Linear(l) => w.linear_out_in(p, l),
     }
 }
@@ -1002,7 +988,7 @@ fn load_level(w: &mut WeightLoader<'_>, p: &str, level: &mut Level, resample: &s
         load_transformer(w, &format!("{p}.attentions.{j}"), a)?;
     }
     if let Some(c) = level.resample.as_mut() {
-        load_conv(w, &format!("{p}.{resample}.0.conv"), c)?;
+        w.conv2d(&format!("{p}.{resample}.0.conv"), c)?;
     }
     Ok(())
 }

@@ -32,9 +32,7 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
-use super::unet::{
-    ResnetBlock, conv, group_norm, linear, load_conv, load_group_norm, load_resnet, upsample2,
-};
+use super::unet::{ResnetBlock, conv, group_norm, linear, load_group_norm, load_resnet, upsample2};
 use crate::common::{merge_heads, multi_head_attention, split_heads};
 use crate::error::{Error, Result, config_err};
 use crate::weights::{LoadOptions, WeightLoader};
@@ -504,40 +502,32 @@ impl AutoencoderKl {
         let mut m = Self::init(&config, device)?;
         let ckpt = kiln_checkpoint::Checkpoint::open(dir)?;
         let mut w = WeightLoader::new(&ckpt, device, "");
-        load_conv(&mut w, "encoder.conv_in", &mut m.enc_conv_in)?;
+        w.conv2d("encoder.conv_in", &mut m.enc_conv_in)?;
         for (i, level) in m.enc_down.iter_mut().enumerate() {
             for (j, r) in level.resnets.iter_mut().enumerate() {
                 load_resnet(&mut w, &format!("encoder.down_blocks.{i}.resnets.{j}"), r)?;
             }
             if let Some(c) = level.resample.as_mut() {
-                load_conv(
-                    &mut w,
-                    &format!("encoder.down_blocks.{i}.downsamplers.0.conv"),
-                    c,
-                )?;
+                w.conv2d(&format!("encoder.down_blocks.{i}.downsamplers.0.conv"), c)?;
             }
         }
         load_mid(&mut w, "encoder.mid_block", &mut m.enc_mid)?;
         load_group_norm(&mut w, "encoder.conv_norm_out", &mut m.enc_norm_out)?;
-        load_conv(&mut w, "encoder.conv_out", &mut m.enc_conv_out)?;
-        load_conv(&mut w, "quant_conv", &mut m.quant_conv)?;
-        load_conv(&mut w, "post_quant_conv", &mut m.post_quant_conv)?;
-        load_conv(&mut w, "decoder.conv_in", &mut m.dec_conv_in)?;
+        w.conv2d("encoder.conv_out", &mut m.enc_conv_out)?;
+        w.conv2d("quant_conv", &mut m.quant_conv)?;
+        w.conv2d("post_quant_conv", &mut m.post_quant_conv)?;
+        w.conv2d("decoder.conv_in", &mut m.dec_conv_in)?;
         load_mid(&mut w, "decoder.mid_block", &mut m.dec_mid)?;
         for (i, level) in m.dec_up.iter_mut().enumerate() {
             for (j, r) in level.resnets.iter_mut().enumerate() {
                 load_resnet(&mut w, &format!("decoder.up_blocks.{i}.resnets.{j}"), r)?;
             }
             if let Some(c) = level.resample.as_mut() {
-                load_conv(
-                    &mut w,
-                    &format!("decoder.up_blocks.{i}.upsamplers.0.conv"),
-                    c,
-                )?;
+                w.conv2d(&format!("decoder.up_blocks.{i}.upsamplers.0.conv"), c)?;
             }
         }
         load_group_norm(&mut w, "decoder.conv_norm_out", &mut m.dec_norm_out)?;
-        load_conv(&mut w, "decoder.conv_out", &mut m.dec_conv_out)?;
+        w.conv2d("decoder.conv_out", &mut m.dec_conv_out)?;
         w.finish(options, |_| false)?;
         Ok(m)
     }
