@@ -33,8 +33,8 @@ pub(crate) struct DiffuseArgs {
     /// text_encoder/, tokenizer/ as the options below need them).
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
-    /// The prompt. Needs text_encoder/ and tokenizer/tokenizer.json (a fast tokenizer file;
-    /// make one from vocab.json + merges.txt with transformers' CLIPTokenizerFast).
+    /// The prompt. Needs text_encoder/ and tokenizer/ with tokenizer.json or CLIP's
+    /// vocab.json + merges.txt (as Stable Diffusion pipelines ship them).
     #[arg(
         long,
         conflicts_with = "prompt_embeds",
@@ -177,11 +177,11 @@ fn encode_prompt(pipe: &Pipeline, text: &str, device: &Device) -> Result<Tensor<
         ))
     })?;
     let tdir = pipe.dir.join("tokenizer");
-    if !tdir.join("tokenizer.json").is_file() {
+    let has_clip_files = tdir.join("vocab.json").is_file() && tdir.join("merges.txt").is_file();
+    if !tdir.join("tokenizer.json").is_file() && !has_clip_files {
         return Err(CliError::Usage(format!(
-            "{}: no tokenizer.json (kiln reads fast-tokenizer files). Make one with \
-             python -c \"from transformers import CLIPTokenizerFast as T; T.from_pretrained('{0}').save_pretrained('{0}')\" \
-             or pass --prompt-embeds",
+            "{}: no tokenizer (kiln reads tokenizer.json, or CLIP's vocab.json + merges.txt); \
+             pass --prompt-embeds instead",
             tdir.display()
         )));
     }

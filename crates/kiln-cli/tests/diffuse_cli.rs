@@ -105,14 +105,14 @@ fn diffuse_from_embeddings_equals_diffusers_and_writes_a_png() {
     }
 }
 
-#[test]
-fn diffuse_from_a_prompt_equals_diffusers() {
+/// `kiln run diffuse --prompt` on `model` from the reference's `init_latents` (5 DDIM steps,
+/// guidance 7.5, the empty negative prompt) gives the reference's `prompt_ddim` to 1e-4.
+fn prompt_run_equals(model: &Path, prompt: &str, reference: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let r = Checkpoint::open(fixtures().join("reference/sd_tiny.safetensors")).unwrap();
+    let r = Checkpoint::open(fixtures().join(reference)).unwrap();
     let l = tmp.path().join("l.safetensors");
     extract(&r, "init_latents", "latents", &l);
     let out = tmp.path().join("out.safetensors");
-    let model = fixtures().join("models/sd_tiny");
     // the tokenizer pads to the text encoder's length with the pipeline's pad token, the
     // negative prompt defaults to "", guidance to 7.5 and the scheduler to the pipeline's DDIM
     let o = kiln(&[
@@ -121,7 +121,7 @@ fn diffuse_from_a_prompt_equals_diffusers() {
         "--model",
         model.to_str().unwrap(),
         "--prompt",
-        "w5 w9 w12 w40",
+        prompt,
         "--init-latents",
         l.to_str().unwrap(),
         "--steps",
@@ -146,6 +146,31 @@ fn diffuse_from_a_prompt_equals_diffusers() {
     assert!(worst <= 1e-4 * scale, "latents differ by {worst:e}");
 }
 
+#[test]
+fn diffuse_from_a_prompt_equals_diffusers() {
+    let model = fixtures().join("models/sd_tiny");
+    prompt_run_equals(&model, "w5 w9 w12 w40", "reference/sd_tiny.safetensors");
+}
+
+#[test]
+fn diffuse_with_a_clip_bpe_tokenizer_from_vocab_and_merges_equals_diffusers() {
+    // sd_tiny with tokenizer/ as SD 2 pipelines ship it: vocab.json + merges.txt, no
+    // tokenizer.json (make_clip_bpe_fixture.py ran diffusers on the same layout)
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("sd_bpe");
+    copy_dir(&fixtures().join("models/sd_tiny"), &model, "tokenizer");
+    copy_dir(
+        &fixtures().join("models/clip_bpe_tokenizer"),
+        &model.join("tokenizer"),
+        "",
+    );
+    prompt_run_equals(
+        &model,
+        "A Red circle at the left, 2 of them.",
+        "reference/sd_tiny_bpe.safetensors",
+    );
+}
+
 fn copy_dir(from: &Path, to: &Path, skip: &str) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -167,7 +192,7 @@ fn diffuse_refuses_what_cannot_work() {
     let tmp = tempfile::tempdir().unwrap();
     let model = fixtures().join("models/sd_tiny");
     let png = tmp.path().join("img.png");
-    // a prompt needs tokenizer/tokenizer.json: a copy of the pipeline without its tokenizer
+    // a prompt needs a tokenizer: a copy of the pipeline without its tokenizer
     let bare = tmp.path().join("bare");
     copy_dir(&model, &bare, "tokenizer");
     let o = kiln(&[
@@ -183,7 +208,10 @@ fn diffuse_refuses_what_cannot_work() {
         png.to_str().unwrap(),
     ]);
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && e.contains("tokenizer.json"), "{e}");
+    assert!(
+        !o.status.success() && e.contains("vocab.json + merges.txt"),
+        "{e}"
+    );
     // guidance without negative embeddings
     let r = Checkpoint::open(fixtures().join("reference/sd_tiny.safetensors")).unwrap();
     let p = tmp.path().join("p.safetensors");

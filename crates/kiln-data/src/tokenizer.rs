@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use std::str::FromStr;
+
 use serde::{Deserialize, Serialize};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::models::bpe::{BPE, BpeTrainer};
@@ -23,6 +25,11 @@ use crate::error::{Error, Result};
 pub const BERT_SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 /// GPT-2's one special token.
 pub const GPT2_END_OF_TEXT: &str = "<|endoftext|>";
+
+/// CLIP's pre-tokenisation pattern as transformers' `CLIPTokenizer` writes it (OpenAI's
+/// `simple_tokenizer.py` pattern with the two markers in front).
+const CLIP_PATTERN: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// What to train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,14 +88,23 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
-    /// Loads `tokenizer.json` (a file, or a directory holding one).
+    /// Loads `tokenizer.json` (a file, or a directory holding one). A directory with no
+    /// `tokenizer.json` but a CLIP tokenizer's `vocab.json` and `merges.txt` (as Stable
+    /// Diffusion pipelines ship `tokenizer/`) is read by [`Tokenizer::from_clip_dir`].
     ///
     /// # Errors
     /// [`Error::Tokenizer`] if it is missing or not a tokenizer.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let path = if path.is_dir() {
-            path.join("tokenizer.json")
+            let json = path.join("tokenizer.json");
+            if !json.is_file()
+                && path.join("vocab.json").is_file()
+                && path.join("merges.txt").is_file()
+            {
+                return Self::from_clip_dir(path);
+            }
+            json
         } else {
             path.to_owned()
         };
@@ -97,6 +113,143 @@ impl Tokenizer {
             message: e.to_string(),
         })?;
         Ok(Self { path, inner })
+    }
+
+    /// Reads a CLIP BPE tokenizer from the files transformers' `CLIPTokenizer` loads and
+    /// Stable Diffusion pipelines ship in `tokenizer/`: `vocab.json` (token → id), `merges.txt`
+    /// (a `#version` line, then one merge `a b` per line, in rank order) and, if present,
+    /// `special_tokens_map.json` / `tokenizer_config.json` for the special tokens (transformers'
+    /// defaults otherwise: `<|startoftext|>`, `<|endoftext|>` as end, unknown and pad token).
+    ///
+    /// The result is the tokenizer transformers builds for `CLIPTokenizer` (its `__init__`, and
+    /// `CLIPConverter` before it): NFC, whitespace runs → one space, lower-casing; CLIP's
+    /// pre-tokenisation pattern (contractions, letter runs, single digits, other symbol runs;
+    /// the two markers kept whole), byte-level characters; BPE with the end-of-word suffix
+    /// `</w>` and the end token for unknown characters; `<|startoftext|> … <|endoftext|>`
+    /// around a text; the special tokens matched in the raw text before anything else (which
+    /// is why SD 2's pad token `!` is never merged into `!</w>`). Checked id for id against
+    /// `CLIPTokenizer.from_pretrained` (`kiln-models/tests/fixtures/make_clip_bpe_fixture.py`).
+    /// OpenAI's own tokenizer also runs `ftfy` and HTML unescaping first; transformers does
+    /// not, and neither does kiln.
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] naming the file for a missing or malformed vocabulary or merge
+    /// list, a merge of tokens the vocabulary lacks, or a special token not in the vocabulary.
+    pub fn from_clip_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let fail = |path: &Path, message: String| Error::Tokenizer {
+            path: path.to_owned(),
+            message,
+        };
+        let read = |name: &str| -> Result<String> {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|e| fail(&path, e.to_string()))
+        };
+        let vocab_path = dir.join("vocab.json");
+        let vocab: BTreeMap<String, u32> = serde_json::from_str(&read("vocab.json")?)
+            .map_err(|e| fail(&vocab_path, format!("not a token → id JSON object ({e})")))?;
+        let merges_path = dir.join("merges.txt");
+        let mut merges = Vec::new();
+        for (i, line) in read("merges.txt")?.lines().enumerate() {
+            if (i == 0 && line.starts_with("#version")) || line.trim().is_empty() {
+                continue;
+            }
+            let mut parts = line.split(' ');
+            let (Some(a), Some(b), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(fail(
+                    &merges_path,
+                    format!("line {}: `{line}` is not a merge `a b`", i + 1),
+                ));
+            };
+            for piece in [a, b, &format!("{a}{b}")] {
+                if !vocab.contains_key(piece) {
+                    return Err(fail(
+                        &merges_path,
+                        format!(
+                            "line {}: `{piece}` is not in {} (vocab.json and merges.txt must come from the same tokenizer)",
+                            i + 1,
+                            vocab_path.display()
+                        ),
+                    ));
+                }
+            }
+            merges.push((a.to_owned(), b.to_owned()));
+        }
+        // special tokens: tokenizer_config.json, then special_tokens_map.json, then defaults
+        let mut special: BTreeMap<&str, String> = [
+            ("bos_token", "<|startoftext|>"),
+            ("eos_token", "<|endoftext|>"),
+            ("unk_token", "<|endoftext|>"),
+            ("pad_token", "<|endoftext|>"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_owned()))
+        .collect();
+        for name in ["special_tokens_map.json", "tokenizer_config.json"] {
+            let path = dir.join(name);
+            if !path.is_file() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&read(name)?)
+                .map_err(|e| fail(&path, format!("not JSON ({e})")))?;
+            for (key, value) in special.iter_mut() {
+                match &v[*key] {
+                    serde_json::Value::String(s) => *value = s.clone(),
+                    serde_json::Value::Object(o) => {
+                        if let Some(s) = o.get("content").and_then(|c| c.as_str()) {
+                            *value = s.to_owned();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut added: Vec<(u32, &str)> = Vec::new();
+        for (key, token) in &special {
+            let id = *vocab.get(token).ok_or_else(|| {
+                fail(
+                    &vocab_path,
+                    format!("the {key} `{token}` is not in the vocabulary"),
+                )
+            })?;
+            if !added.iter().any(|(i, _)| *i == id) {
+                added.push((id, token));
+            }
+        }
+        added.sort_unstable();
+        let added_tokens: Vec<serde_json::Value> = added
+            .iter()
+            .map(|(id, token)| {
+                serde_json::json!({"id": id, "content": token, "single_word": false,
+                    "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+            })
+            .collect();
+        let (bos, eos) = (&special["bos_token"], &special["eos_token"]);
+        let spec = serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added_tokens,
+            "normalizer": {"type": "Sequence", "normalizers": [
+                {"type": "NFC"},
+                {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "},
+                {"type": "Lowercase"}]},
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": CLIP_PATTERN}, "behavior": "Removed", "invert": true},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]},
+            "post_processor": {"type": "RobertaProcessing", "sep": [eos, vocab[eos]],
+                "cls": [bos, vocab[bos]], "trim_offsets": false, "add_prefix_space": false},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": special["unk_token"],
+                "continuing_subword_prefix": "", "end_of_word_suffix": "</w>", "fuse_unk": false,
+                "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
+        });
+        let inner = tokenizers::Tokenizer::from_str(&spec.to_string())
+            .map_err(|e| fail(dir, format!("building the CLIP tokenizer: {e}")))?;
+        Ok(Self {
+            path: dir.to_owned(),
+            inner,
+        })
     }
 
     /// Trains a tokenizer of `kind` with at most `vocab_size` tokens on `texts`, keeping pairs
