@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::nn::{Dropout, LayerNorm, Linear};
+use burn::nn::{Dropout, GroupNorm, LayerNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation;
 use burn::tensor::module::attention;
@@ -108,6 +108,71 @@ pub(crate) fn layer_norm_in<const D: usize>(
     .cast(original)
 }
 
+/// `gn(x)` at `precision`: Composer's `LPGroupNorm` under autocast, as
+/// [`LayerNormPrecision`] is its `LPLayerNorm`. The input, weight and bias are rounded to bf16
+/// (or f16), normalised — statistics and the affine in f32, as PyTorch's group-norm kernel
+/// computes a bf16 input — the result rounded to that dtype and cast back to the model's dtype.
+pub(crate) fn group_norm_in<const D: usize>(
+    precision: LayerNormPrecision,
+    gn: &GroupNorm,
+    x: Tensor<D>,
+) -> Tensor<D> {
+    let low = match precision {
+        LayerNormPrecision::Model => return gn.forward(x),
+        LayerNormPrecision::Bf16 => burn::tensor::FloatDType::BF16,
+        LayerNormPrecision::F16 => burn::tensor::FloatDType::F16,
+    };
+    let original: burn::tensor::FloatDType = x.dtype().into();
+    let wide = burn::tensor::FloatDType::F32;
+    let round = |t: Tensor<D>| t.cast(low).cast(wide);
+    let shape = x.shape();
+    let dims = x.dims();
+    let (b, c) = (dims[0], dims[1]);
+    let per_group = shape.num_elements() / (b * gn.num_groups);
+    let g = round(x).reshape([b, gn.num_groups, per_group]);
+    let mean = g.clone().mean_dim(2);
+    let centred = g.sub(mean);
+    let var = centred.clone().square().mean_dim(2);
+    let mut y = centred
+        .div(var.add_scalar(gn.epsilon).sqrt())
+        .reshape(shape);
+    if let (Some(gamma), Some(beta)) = (&gn.gamma, &gn.beta) {
+        let mut affine = [1usize; D];
+        affine[1] = c;
+        let rounded = |t: Tensor<1>| t.cast(low).cast(wide).reshape(affine);
+        y = y.mul(rounded(gamma.val())).add(rounded(beta.val()));
+    }
+    y.cast(low).cast(original)
+}
+
+/// `ln(x)` over the last dimension as PyTorch's layer-norm kernel computes a bf16 (or f16)
+/// input — the input, weight and bias rounded to that dtype, statistics and affine in f32, the
+/// result rounded once — cast back to the model's dtype. ([`layer_norm_in`] runs burn's op in
+/// the low dtype instead, which for f16 rounds the normalised value before the affine too.)
+pub(crate) fn layer_norm_rounded<const D: usize>(
+    precision: LayerNormPrecision,
+    ln: &LayerNorm,
+    x: Tensor<D>,
+    epsilon: f64,
+) -> Tensor<D> {
+    let low = match precision {
+        LayerNormPrecision::Model => return ln.forward(x),
+        LayerNormPrecision::Bf16 => burn::tensor::FloatDType::BF16,
+        LayerNormPrecision::F16 => burn::tensor::FloatDType::F16,
+    };
+    let original: burn::tensor::FloatDType = x.dtype().into();
+    let wide = burn::tensor::FloatDType::F32;
+    let round = |t: Tensor<1>| t.cast(low).cast(wide);
+    burn::tensor::module::layer_norm(
+        x.cast(low).cast(wide),
+        round(ln.gamma.val()),
+        ln.beta.as_ref().map(|b| round(b.val())),
+        epsilon,
+    )
+    .cast(low)
+    .cast(original)
+}
+
 /// Zeroes a Linear's bias (HF's init), keeping it trainable: `zeros_like` makes a fresh tensor
 /// without `require_grad`, so the flag is carried over.
 pub(crate) fn zero_bias(mut l: Linear) -> crate::dense::Dense {
@@ -187,7 +252,7 @@ pub(crate) fn multi_head_attention(
 
 /// Attention with materialised scores: `dropout(softmax(q·kᵀ·scale, masked, + bias))·v`.
 /// `mask` is `[B, H, Lq, Lk]`, `true` where a key is ignored.
-fn explicit_attention(
+pub(crate) fn explicit_attention(
     (q, k, v): (Tensor<4>, Tensor<4>, Tensor<4>),
     mask: Option<Tensor<4, Bool>>,
     bias: Option<Tensor<4>>,

@@ -10,6 +10,11 @@
 //! unset (a naming accident kept for compatibility); kiln does the same, so SD 2's
 //! `attention_head_dim: [5, 10, 20, 20]` means 5, 10, 20 and 20 heads.
 //!
+//! [`UNetSpeed`] holds CommonCanvas's model-side speed switches: low-precision GroupNorm and
+//! LayerNorm (Composer's `LowPrecisionGroupNorm`/`LowPrecisionLayerNorm`, checked against a
+//! transcription) and the attention implementation (fused or materialised scores). What each
+//! buys is measured by `cargo xtask repro commoncanvas`, not assumed.
+//!
 //! ```
 //! use kiln_models::burn::tensor::{Device, Distribution, Tensor};
 //! use kiln_models::diffusion::unet::{UNet2DConditionModel, UNetConfig};
@@ -27,7 +32,14 @@
 //! let x = Tensor::<4>::random([1, 4, 16, 16], Distribution::Default, &d);
 //! let text = Tensor::<3>::random([1, 4, 8], Distribution::Default, &d);
 //! let t = Tensor::<1>::from_floats([10.0], &d);
-//! assert_eq!(unet.forward(x, t, text)?.dims(), [1, 4, 16, 16]);
+//! assert_eq!(unet.forward(x.clone(), t.clone(), text.clone())?.dims(), [1, 4, 16, 16]);
+//!
+//! // the speed switches change how it computes, not the weights
+//! use kiln_models::LayerNormPrecision;
+//! use kiln_models::diffusion::unet::{AttentionImpl, UNetSpeed};
+//! let mut fast = unet.clone();
+//! fast.speed = UNetSpeed { norm_precision: LayerNormPrecision::Bf16, attention: AttentionImpl::Fused };
+//! assert_eq!(fast.forward(x, t, text)?.dims(), [1, 4, 16, 16]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -42,7 +54,10 @@ use burn::prelude::*;
 use burn::tensor::activation::silu;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{merge_heads, multi_head_attention, split_heads};
+use crate::common::{
+    LayerNormPrecision, explicit_attention, group_norm_in, layer_norm_rounded, merge_heads,
+    multi_head_attention, split_heads,
+};
 use crate::error::{Error, Result, config_err};
 use crate::weights::{LoadOptions, WeightLoader, set};
 
@@ -435,6 +450,32 @@ impl UNetConfig {
     }
 }
 
+/// How attention is computed (CommonCanvas's third speed switch, FlashAttention vs diffusers'
+/// plain `AttnProcessor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionImpl {
+    /// burn's attention op: one fused kernel that never materialises the score matrix where the
+    /// backend has one (flash attention on CubeCL backends, a fused loop on flex).
+    #[default]
+    Fused,
+    /// Scores materialised: `softmax(q·kᵀ·scale)·v` as separate tensor ops (diffusers'
+    /// `AttnProcessor`).
+    Explicit,
+}
+
+/// The UNet's speed switches (CommonCanvas §4's low-precision GroupNorm/LayerNorm and the
+/// attention implementation). They change how a forward pass computes, not the weights;
+/// the defaults compute what diffusers does in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UNetSpeed {
+    /// The precision every GroupNorm and LayerNorm computes in (Composer's
+    /// `LowPrecisionGroupNorm` / `LowPrecisionLayerNorm`; see [`LayerNormPrecision`]).
+    pub norm_precision: LayerNormPrecision,
+    /// The attention implementation.
+    pub attention: AttentionImpl,
+}
+
 /// `ResnetBlock2D`: `x + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(t)))))`.
 #[derive(Module, Debug)]
 pub struct ResnetBlock {
@@ -551,6 +592,9 @@ pub struct UNet2DConditionModel {
     /// The configuration.
     #[module(skip)]
     pub config: UNetConfig,
+    /// The speed switches (default: diffusers' computation in the model's dtype).
+    #[module(skip)]
+    pub speed: UNetSpeed,
 }
 
 pub(crate) fn conv(i: usize, o: usize, k: usize, stride: usize, d: &Device) -> Conv2d {
@@ -596,12 +640,26 @@ impl ResnetBlock {
     }
 
     pub(crate) fn forward(&self, x: Tensor<4>, temb: Option<Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        self.forward_in(x, temb, LayerNormPrecision::Model)
+    }
+
+    /// The block with its GroupNorms at `norm`.
+    pub(crate) fn forward_in(
+        &self,
+        x: Tensor<4>,
+        temb: Option<Tensor<2>>,
+        norm: LayerNormPrecision,
+    ) -> Tensor<4> {
+        let mut h = self
+            .conv1
+            .forward(silu(group_norm_in(norm, &self.norm1, x.clone())));
         if let (Some(p), Some(t)) = (&self.time_emb_proj, temb) {
             let [b, o] = [h.dims()[0], h.dims()[1]];
             h = h + p.forward(silu(t)).reshape([b, o, 1, 1]);
         }
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self
+            .conv2
+            .forward(silu(group_norm_in(norm, &self.norm2, h)));
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x),
             None => x,
@@ -621,14 +679,21 @@ impl Attention {
         }
     }
 
-    fn forward(&self, x: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, context: Tensor<3>, how: AttentionImpl) -> Tensor<3> {
         let dim = x.dims()[2];
         let q = split_heads(self.to_q.forward(x), self.heads);
         let k = split_heads(self.to_k.forward(context.clone()), self.heads);
         let v = split_heads(self.to_v.forward(context), self.heads);
         let scale = 1.0 / ((dim / self.heads) as f64).sqrt();
         let no_dropout = burn::nn::DropoutConfig::new(0.0).init();
-        let y = multi_head_attention((q, k, v), None, None, scale, false, &no_dropout);
+        let y = match how {
+            AttentionImpl::Fused => {
+                multi_head_attention((q, k, v), None, None, scale, false, &no_dropout)
+            }
+            AttentionImpl::Explicit => {
+                explicit_attention((q, k, v), None, None, scale, &no_dropout)
+            }
+        };
         self.to_out.forward(merge_heads(y))
     }
 }
@@ -659,23 +724,25 @@ impl Transformer2D {
         }
     }
 
-    fn forward(&self, x: Tensor<4>, context: Tensor<3>) -> Tensor<4> {
+    fn forward(&self, x: Tensor<4>, context: Tensor<3>, speed: UNetSpeed) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let to_tokens = |t: Tensor<4>| t.swap_dims(1, 2).swap_dims(2, 3).reshape([b, h * w, c]);
         let to_image = |t: Tensor<3>| t.reshape([b, h, w, c]).swap_dims(2, 3).swap_dims(1, 2);
-        let n = self.norm.forward(x.clone());
+        let n = group_norm_in(speed.norm_precision, &self.norm, x.clone());
         let mut t = match &self.proj_in {
             Projection::Conv(p) => to_tokens(p.forward(n)),
             Projection::Linear(p) => p.forward(to_tokens(n)),
         };
+        // diffusers' BasicTransformerBlock LayerNorms: ε 1e-5
+        let ln = |l: &LayerNorm, t: Tensor<3>| layer_norm_rounded(speed.norm_precision, l, t, 1e-5);
         for blk in &self.transformer_blocks {
-            let n1 = blk.norm1.forward(t.clone());
-            t = t + blk.attn1.forward(n1.clone(), n1);
+            let n1 = ln(&blk.norm1, t.clone());
+            t = t + blk.attn1.forward(n1.clone(), n1, speed.attention);
             t = t.clone()
                 + blk
                     .attn2
-                    .forward(blk.norm2.forward(t.clone()), context.clone());
-            let g = blk.ff_in.forward(blk.norm3.forward(t.clone()));
+                    .forward(ln(&blk.norm2, t.clone()), context.clone(), speed.attention);
+            let g = blk.ff_in.forward(ln(&blk.norm3, t.clone()));
             let inner = g.dims()[2] / 2;
             let value = g.clone().narrow(2, 0, inner);
             let gate = g.narrow(2, inner, inner);
@@ -777,6 +844,7 @@ impl UNet2DConditionModel {
             conv_norm_out: group_norm(c.norm_num_groups, ch[0], c.norm_eps, d),
             conv_out: conv(ch[0], c.out_channels, 3, 1, d),
             config: config.clone(),
+            speed: UNetSpeed::default(),
         })
     }
 
@@ -849,6 +917,7 @@ impl UNet2DConditionModel {
         } else {
             timestep
         };
+        let speed = self.speed;
         let temb = self
             .time_linear_2
             .forward(silu(self.time_linear_1.forward(self.time_proj(timestep))));
@@ -856,9 +925,9 @@ impl UNet2DConditionModel {
         let mut skips = vec![x.clone()];
         for level in &self.down_blocks {
             for (j, r) in level.resnets.iter().enumerate() {
-                x = r.forward(x, Some(temb.clone()));
+                x = r.forward_in(x, Some(temb.clone()), speed.norm_precision);
                 if let Some(a) = level.attentions.get(j) {
-                    x = a.forward(x, encoder_hidden_states.clone());
+                    x = a.forward(x, encoder_hidden_states.clone(), speed);
                 }
                 skips.push(x.clone());
             }
@@ -868,24 +937,34 @@ impl UNet2DConditionModel {
             }
         }
         let mid = &self.mid_block;
-        x = mid.resnets[0].forward(x, Some(temb.clone()));
-        x = mid.attention.forward(x, encoder_hidden_states.clone());
-        x = mid.resnets[1].forward(x, Some(temb.clone()));
+        x = mid.resnets[0].forward_in(x, Some(temb.clone()), speed.norm_precision);
+        x = mid
+            .attention
+            .forward(x, encoder_hidden_states.clone(), speed);
+        x = mid.resnets[1].forward_in(x, Some(temb.clone()), speed.norm_precision);
         for level in &self.up_blocks {
             for (j, r) in level.resnets.iter().enumerate() {
                 let skip = skips.pop().ok_or_else(|| Error::Input {
                     message: "the UNet's skip connections do not match its levels".into(),
                 })?;
-                x = r.forward(Tensor::cat(vec![x, skip], 1), Some(temb.clone()));
+                x = r.forward_in(
+                    Tensor::cat(vec![x, skip], 1),
+                    Some(temb.clone()),
+                    speed.norm_precision,
+                );
                 if let Some(a) = level.attentions.get(j) {
-                    x = a.forward(x, encoder_hidden_states.clone());
+                    x = a.forward(x, encoder_hidden_states.clone(), speed);
                 }
             }
             if let Some(up) = &level.resample {
                 x = up.forward(upsample2(x));
             }
         }
-        Ok(self.conv_out.forward(silu(self.conv_norm_out.forward(x))))
+        Ok(self.conv_out.forward(silu(group_norm_in(
+            speed.norm_precision,
+            &self.conv_norm_out,
+            x,
+        ))))
     }
 
     /// Loads a diffusers `unet/` directory: `config.json` and
