@@ -35,8 +35,8 @@ pub enum Error {
         message: String,
     },
 
-    /// A token shard directory is missing pieces or inconsistent.
-    #[error("token shard {}: {message}", path.display())]
+    /// A token or array shard directory is missing pieces or inconsistent.
+    #[error("shard {}: {message}", path.display())]
     Shard {
         /// The shard directory.
         path: PathBuf,

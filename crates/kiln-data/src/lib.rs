@@ -61,6 +61,7 @@
 
 #![warn(missing_docs)]
 
+pub mod arrays;
 pub mod corpus;
 mod error;
 pub mod images;
