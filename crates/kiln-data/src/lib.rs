@@ -62,6 +62,7 @@
 #![warn(missing_docs)]
 
 pub mod arrays;
+pub mod captioned;
 pub mod corpus;
 mod error;
 pub mod images;
