@@ -162,3 +162,125 @@ fn bad_data_is_refused_by_example() {
     .to_string();
     assert!(e.contains("example 5"), "{e}");
 }
+
+/// Captioned shapes through `vae_tiny` (kiln-models' diffusers fixture, 16×16 RGB → 4×8×8) and
+/// a random tiny CLIP text encoder (4 tokens of width 8), encoded every step.
+fn encoded_source(d: &Device) -> kiln_train::tasks::EncodeEachStep {
+    use kiln_models::LoadOptions;
+    use kiln_models::diffusion::clip::{ClipTextConfig, ClipTextModel};
+    use kiln_models::diffusion::vae::AutoencoderKl;
+    let set = kiln_data::captioned::CaptionedShapes::generate(16, 16, 5).unwrap();
+    let images: Vec<Vec<f32>> = set
+        .images
+        .iter()
+        .map(|x| x.iter().map(|v| 2.0 * v - 1.0).collect())
+        .collect();
+    // token ids: one per caption word (a toy vocabulary), padded to 4
+    let ids: Vec<Vec<i64>> = set
+        .attributes
+        .iter()
+        .map(|a| {
+            vec![
+                0,
+                1 + a.colour as i64,
+                7 + a.shape as i64,
+                10 + a.place as i64,
+            ]
+        })
+        .collect();
+    let config: ClipTextConfig = serde_json::from_str(
+        r#"{"vocab_size": 16, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 4, "hidden_act": "gelu"}"#,
+    )
+    .unwrap();
+    d.seed(11);
+    let clip = ClipTextModel::init(&config, d).unwrap();
+    let vae_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../kiln-models/tests/fixtures/models/vae_tiny");
+    let vae = AutoencoderKl::load(vae_dir, d, LoadOptions::default()).unwrap();
+    kiln_train::tasks::EncodeEachStep::new(images, [3, 16, 16], ids, clip, Some(vae)).unwrap()
+}
+
+fn source_task(
+    d: &Device,
+    data: impl kiln_train::tasks::LatentSource + 'static,
+) -> TextToImageTask {
+    let config: SchedulerConfig =
+        serde_json::from_str(r#"{"_class_name": "DDPMScheduler"}"#).unwrap();
+    TextToImageTask::new(
+        data,
+        (0..12).collect(),
+        (12..16).collect(),
+        Scheduler::from_config(&config).unwrap(),
+        TextToImageConfig {
+            batch_size: 4,
+            caption_dropout: 0.25,
+            noise_offset: 0.0,
+            snr_gamma: None,
+            seed: 3,
+        },
+        d,
+    )
+    .unwrap()
+}
+
+#[test]
+fn precomputed_shards_train_as_encoding_every_step_does() {
+    use kiln_train::tasks::{LatentShards, LatentSource, precompute};
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let tmp = tempfile::tempdir().unwrap();
+    let flex = Device::flex();
+    // precompute once (batches of 5, a last batch of 1), read back from the mapped shard
+    let mut encoded = encoded_source(&flex);
+    assert_eq!(
+        (encoded.latent_shape(), encoded.embed_shape()),
+        ([4, 8, 8], [4, 8])
+    );
+    let dir = tmp.path().join("latents");
+    let index = precompute(&mut encoded, &dir, 5, &flex, false).unwrap();
+    assert_eq!(index.len, 16);
+    let mut shards = LatentShards::open(&dir).unwrap();
+    for i in [0, 7, 15] {
+        let (a, b) = (
+            encoded.batch(&[i], &flex).unwrap(),
+            shards.batch(&[i], &flex).unwrap(),
+        );
+        let close = |x: Vec<f32>, y: Vec<f32>| {
+            x.iter()
+                .zip(&y)
+                .all(|(p, q)| (p - q).abs() <= 1e-5 * (1.0 + p.abs()))
+        };
+        let v4 = |t: kiln_models::burn::Tensor<4>| t.into_data().convert::<f32>().to_vec().unwrap();
+        let v3 = |t: kiln_models::burn::Tensor<3>| t.into_data().convert::<f32>().to_vec().unwrap();
+        assert!(close(v4(a.0), v4(b.0)), "latent {i}");
+        assert!(close(v3(a.1), v3(b.1)), "embedding {i}");
+    }
+    assert!(
+        precompute(&mut encoded, &dir, 5, &flex, false).is_err(),
+        "an existing shard is not overwritten without force"
+    );
+    // the same run from either source: same draws, same values up to the encoders' rounding
+    let run = |precomputed: bool| {
+        let d = Device::flex().autodiff();
+        let mut tc = TrainerConfig::new(Duration::batches(12), OptimizerConfig::adamw(2e-3, 0.0));
+        tc.progress_bar = false;
+        tc.seed = 1;
+        let name = if precomputed { "p" } else { "e" };
+        let out = if precomputed {
+            let mut task = source_task(&d, LatentShards::open(&dir).unwrap());
+            Trainer::new(tc, tmp.path().join(name)).fit(unet(&d), &mut task, &mut [], &d)
+        } else {
+            let mut task = source_task(&d, encoded_source(&d));
+            Trainer::new(tc, tmp.path().join(name)).fit(unet(&d), &mut task, &mut [], &d)
+        }
+        .unwrap();
+        out.eval["loss"]
+    };
+    let (p, e) = (run(true), run(false));
+    assert!(
+        (p - e).abs() <= 1e-4 * e.abs(),
+        "precomputed {p} vs encoded each step {e}"
+    );
+}

@@ -20,7 +20,10 @@ use crate::step::{ModelInputs, Predictions, RunPlan, StepOutput};
 use crate::trainer::{BatchSize, DataSize, TrainState, TrainTask};
 
 mod diffusion;
-pub use diffusion::{DiffusionBatch, LatentSet, TextToImageConfig, TextToImageTask};
+pub use diffusion::{
+    DiffusionBatch, EncodeEachStep, LatentSet, LatentShards, LatentSource, TextToImageConfig,
+    TextToImageTask, precompute,
+};
 mod images;
 pub use images::{
     ImageClassificationTask, ImageFisherData, ImageReplaySource, evaluate_images, image_batch,
