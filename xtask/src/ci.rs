@@ -91,6 +91,18 @@ pub(crate) fn run_ci(no_test: bool) -> Result {
         &["xtask", "repro", "difficulty", "--quick", "--out", out_str],
         &[],
     )?;
+    run(
+        "cargo",
+        &[
+            "xtask",
+            "repro",
+            "commoncanvas",
+            "--quick",
+            "--out",
+            out_str,
+        ],
+        &[],
+    )?;
     let _ = std::fs::remove_dir_all(&out);
     eprintln!("xtask ci: all checks passed");
     Ok(())

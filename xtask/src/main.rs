@@ -17,6 +17,8 @@
 //!                                            KD for sequences of related runs (MosaicML) at small scale
 //! cargo xtask repro difficulty [--quick] [--out DIR]
 //!                                            example-difficulty consistency and fingerprints (Kwok et al.) at small scale
+//! cargo xtask repro commoncanvas [--quick] [--out DIR]
+//!                                            CommonCanvas's recipe and speed switches on a tiny text-to-image UNet
 //! cargo xtask gpu-check build|cpu|lavapipe offline CUDA build of kiln-gpu-check (docs/GPU.md) / its CPU half / on lavapipe
 //! cargo xtask bench scaling                  criterion benches + the scipy anchor → docs/BENCHMARKS.md
 //! cargo xtask bench train                   one tiny-BERT training step: burn flex vs PyTorch CPU
@@ -42,6 +44,7 @@ mod ci;
 mod flex_patch;
 mod gpu_check;
 mod profile;
+mod repro_commoncanvas;
 mod repro_difficulty;
 mod repro_distill;
 mod repro_lora;
@@ -101,6 +104,15 @@ commands:
                                     and a held-out-run classifier → DIR (default docs/reproductions):
                                     difficulty.md + difficulty-consistency.svg +
                                     difficulty-sensitive.svg (--quick: 4 seeds, 2 epochs)
+  repro commoncanvas [--quick] [--out DIR] [--steps N] [--device cpu|cuda[:N]]
+                                    CommonCanvas's recipe on a tiny pixel-space text-to-image UNet
+                                    trained from scratch on generated captioned shapes: each speed
+                                    switch's step time (precomputed text embeddings in a mapped
+                                    shard, bf16 norms, fused attention, scheduled EMA; 3 repeats),
+                                    sample grids per stage and from the EMA, prompt adherence read
+                                    from the pixels → DIR (default docs/reproductions):
+                                    commoncanvas.md + commoncanvas-samples.png (default 1500 steps;
+                                    --quick: 6 steps, 3 prompts)
   gpu-check build                   build kiln-gpu-check for CUDA without network (DOCS_RS=1, NVRTC kernels,
                                     LLVM symbols stubbed; see docs/GPU.md) into gpu-check/, with fusion
                                     and without (kiln-gpu-check-no-fusion, for --no-fusion-binary)
@@ -150,6 +162,7 @@ fn main() -> ExitCode {
         ["repro", "lora", rest @ ..] => repro_lora::command(rest),
         ["repro", "sfa", rest @ ..] => repro_sfa::command(rest),
         ["repro", "difficulty", rest @ ..] => repro_difficulty::command(rest),
+        ["repro", "commoncanvas", rest @ ..] => repro_commoncanvas::command(rest),
         ["repro", "distill", rest @ ..] => repro_distill::command(rest),
         ["bench", "scaling", rest @ ..] => bench::scaling(rest),
         ["bench", "merge", rest @ ..] => bench_merge::merge(rest),

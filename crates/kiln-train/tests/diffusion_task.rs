@@ -252,8 +252,12 @@ fn precomputed_shards_train_as_encoding_every_step_does() {
                 .zip(&y)
                 .all(|(p, q)| (p - q).abs() <= 1e-5 * (1.0 + p.abs()))
         };
-        let v4 = |t: kiln_models::burn::Tensor<4>| t.into_data().convert::<f32>().to_vec().unwrap();
-        let v3 = |t: kiln_models::burn::Tensor<3>| t.into_data().convert::<f32>().to_vec().unwrap();
+        let v4 = |t: kiln_models::burn::Tensor<4>| {
+            t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+        };
+        let v3 = |t: kiln_models::burn::Tensor<3>| {
+            t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+        };
         assert!(close(v4(a.0), v4(b.0)), "latent {i}");
         assert!(close(v3(a.1), v3(b.1)), "embedding {i}");
     }
