@@ -27,6 +27,7 @@
 //! cargo xtask bench continual                per-step overhead of SFA/EMA/L2/EWC/replay on GPT-2 small
 //! cargo xtask bench distill                  a KD step (live teacher, cached top-k) vs a plain step on GPT-2 small
 //! cargo xtask bench scoring                  the cost of each family of difficulty scores on GPT-2 small and a CNN
+//! cargo xtask bench diffusion                SD2-base's UNet training and sampling step, kiln vs diffusers (CPU)
 //! cargo xtask profile train|models [--before REV]
 //!                                            where a CPU step's time goes (perf; torch.profiler) → docs/BENCHMARKS.md
 //! cargo xtask flex-patch test|bench          a burn-flex patch prepared for upstream: tested / measured
@@ -34,6 +35,7 @@
 
 mod bench;
 mod bench_continual;
+mod bench_diffusion;
 mod bench_distill;
 mod bench_lora;
 mod bench_merge;
@@ -129,6 +131,9 @@ commands:
   bench continual                   the per-step time and memory of SFA, EMA, L2, EWC and replay beside plain
                                     fine-tuning on the GPT-2-small layout, through the trainer (3 alternating
                                     runs per method) → docs/BENCHMARKS.md
+  bench diffusion                   SD2-base's UNet (random weights): a training step's forward + backward (batch
+                                    1, 64×64 latent) and a guided sampling step, and diffusers' tiny test UNet's
+                                    sampling step, beside diffusers (needs torch + diffusers) → docs/BENCHMARKS.md
   bench distill                     a GPT-2-small training step plain, with a live teacher of equal size and with
                                     cached top-32/top-128 logits (3 alternating runs per mode), cache bytes per
                                     token → docs/BENCHMARKS.md
@@ -172,6 +177,7 @@ fn main() -> ExitCode {
         ["bench", "train", rest @ ..] => bench_train::train(rest),
         ["bench", "continual", rest @ ..] => bench_continual::continual(rest),
         ["bench", "distill", rest @ ..] => bench_distill::distill(rest),
+        ["bench", "diffusion", rest @ ..] => bench_diffusion::diffusion(rest),
         ["profile", rest @ ..] => profile::command(rest),
         ["flex-patch", rest @ ..] => flex_patch::command(rest),
         ["help" | "--help" | "-h"] | [] => {
