@@ -13,9 +13,14 @@
 //!    CUDA backend on Ampere and newer; no switch turns that off), within that of transformers
 //!    with TF32-rounded matmul
 //!    inputs. Both distances are reported, and which reference the device is closer to.
-//! 2. **Training**: 20 AdamW steps of a small GPT-2 and a small MosaicBERT on the device, each in
+//! 2. **Diffusion**: kiln-models' tiny Stable Diffusion pipeline (`sd_tiny`) samples on the device
+//!    and on the CPU from diffusers' reference inputs; the latents and decoded image must agree
+//!    with each other and with diffusers. Then one training step of an SD2-layout UNet (SD2-base's
+//!    865 M parameters on a 64×64 latent; 1/8 width on 16×16 with `--quick`, on flex only): finite loss and
+//!    gradients, time reported ([`diffusion`]).
+//! 3. **Training**: 20 AdamW steps of a small GPT-2 and a small MosaicBERT on the device, each in
 //!    a time-limited child process (`kiln-gpu-check train …`); the loss must fall by 10%.
-//! 3. **Throughput**: one training step (forward, loss, backward, AdamW) of a GPT-2-small-size and
+//! 4. **Throughput**: one training step (forward, loss, backward, AdamW) of a GPT-2-small-size and
 //!    a BERT-base-size model in f32 and bf16, with CubeCL's default autotuning and with it at
 //!    `minimal`: tokens/s, achieved TFLOP/s, model-FLOPs utilisation against the GPU's peak for
 //!    the dtype, the allocator's peak reservation, and how long the first step (kernel
@@ -31,11 +36,13 @@
 //! non-zero when a parity or training check fails. `--device cpu --quick` runs the same code on
 //! burn's flex backend with small sizes, which is how CI exercises it.
 //!
-//! Modules: [`cli`] (arguments), [`parity`], [`train`] and [`measure`] (the three stages),
+//! Modules: [`cli`] (arguments), [`parity`], [`diffusion`], [`train`] and [`measure`] (the four
+//! stages),
 //! [`child`] (child processes, stage failures, the device probe).
 
 mod child;
 mod cli;
+mod diffusion;
 #[cfg(feature = "cuda-offline-no-fusion")]
 mod llvm_stubs;
 mod measure;
@@ -173,6 +180,7 @@ fn check(args: &CheckArgs) -> Result {
         return Err(message.into());
     }
     parity_stage(&mut c, &dev, &fixtures)?;
+    diffusion_stage(&mut c, &dev, &fixtures)?;
     training_stage(&mut c)?;
     throughput_stage(&mut c)?;
     c.report["complete"] = json!(true);
@@ -206,6 +214,18 @@ fn parity_stage(c: &mut Check<'_>, dev: &Device, fixtures: &Path) -> Result {
     };
     c.report["parity"] = stage("parity", &mut c.failures, |f| {
         parity::parity(dev, fixtures, &names, f).map(Value::from)
+    });
+    c.save()
+}
+
+fn diffusion_stage(c: &mut Check<'_>, dev: &Device, fixtures: &Path) -> Result {
+    eprintln!(
+        "== diffusion on {}: the tiny pipeline against the CPU and diffusers, an SD2-layout UNet step",
+        c.args.device
+    );
+    let quick = c.args.quick;
+    c.report["diffusion"] = stage("diffusion", &mut c.failures, |f| {
+        diffusion::diffusion(dev, fixtures, quick, f)
     });
     c.save()
 }

@@ -288,3 +288,73 @@ fn precomputed_shards_train_as_encoding_every_step_does() {
         "precomputed {p} vs encoded each step {e}"
     );
 }
+
+/// kiln-train's EMA over the UNet, as CommonCanvas's recipe runs it, handing the averaged
+/// weights out at the end of the fit.
+struct EmaOut {
+    ema: kiln_train::algorithms::Ema<UNet2DConditionModel>,
+    out: std::rc::Rc<std::cell::RefCell<Option<(u64, UNet2DConditionModel)>>>,
+}
+
+impl Algorithm<UNet2DConditionModel> for EmaOut {
+    fn name(&self) -> &str {
+        "ema"
+    }
+    fn on_event(
+        &mut self,
+        e: Event,
+        ctx: &mut Context<'_, UNet2DConditionModel>,
+    ) -> Result<(), String> {
+        self.ema.on_event(e, ctx)?;
+        if e == Event::FitEnd {
+            *self.out.borrow_mut() =
+                Some((self.ema.updates(), self.ema.averaged(ctx.model.clone())));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn an_ema_of_the_unet_averages_its_weights_from_its_start() {
+    use kiln_train::algorithms::{Ema, EmaDecay};
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Device::flex().autodiff();
+    let out = std::rc::Rc::new(std::cell::RefCell::new(None));
+    // the EMA starts at step 6 of 10 (a scheduled EMA, as CommonCanvas's last 50k steps)
+    let ema = Ema::new(
+        EmaDecay::composer_half_life(2.0, 1.0),
+        Duration::batches(6),
+        1,
+        false,
+    )
+    .unwrap();
+    let mut algorithms: Vec<Box<dyn Algorithm<UNet2DConditionModel>>> = vec![Box::new(EmaOut {
+        ema,
+        out: out.clone(),
+    })];
+    let mut tc = TrainerConfig::new(Duration::batches(10), OptimizerConfig::adamw(2e-3, 0.0));
+    tc.progress_bar = false;
+    let fit = Trainer::new(tc, tmp.path())
+        .fit(unet(&d), &mut task(&d), &mut algorithms, &d)
+        .unwrap();
+    let (updates, averaged) = out.borrow_mut().take().unwrap();
+    assert_eq!(updates, 4, "updates after steps 7…10");
+    let w = |m: &UNet2DConditionModel| -> Vec<f32> {
+        m.conv_out
+            .weight
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap()
+    };
+    let (raw, avg, init) = (w(&fit.model), w(&averaged), w(&unet(&d)));
+    assert_ne!(raw, avg, "the average lags the raw weights");
+    // the average lies between where averaging started and the raw weights: closer to the
+    // final weights than the initial ones are
+    let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f32>();
+    assert!(dist(&avg, &raw) < dist(&init, &raw));
+}
