@@ -366,16 +366,20 @@ fn task(
 }
 
 fn trainer_config(s: &Setup, steps: u64) -> Result<TrainerConfig> {
-    // CommonCanvas: AdamW (wd 0.01), linear warmup then constant (Composer's
-    // LinearWithWarmupScheduler with alpha_f 1)
-    let mut tc = TrainerConfig::new(Duration::batches(steps), OptimizerConfig::adamw(s.lr, 0.01));
+    // CommonCanvas: torch.optim.AdamW (wd 0.01, decayed by lr · wd per step — not Composer's
+    // decoupled form, where 0.01 would shrink every weight by 1% a step and drive the UNet to
+    // predict zeros within a few hundred steps, as a first run here did), linear warmup then
+    // constant (Composer's LinearWithWarmupScheduler with alpha_f 1)
+    let optimizer: OptimizerConfig = serde_json::from_str(&format!(
+        r#"{{"name": "adamw", "lr": {}, "weight_decay": 0.01, "decoupled": false}}"#,
+        s.lr
+    ))?;
+    let mut tc = TrainerConfig::new(Duration::batches(steps), optimizer);
     tc.lr_schedule = serde_json::from_str(&format!(
         r#"{{"name": "constant_with_warmup", "t_warmup": "{}ba"}}"#,
         s.warmup.min(steps.saturating_sub(1)).max(1)
     ))?;
-    // diffusers' train_text_to_image.py clips the gradient norm at 1 (`max_grad_norm`); without
-    // it, a first full run at lr 1e-3 reached its lowest held-out loss at step 150 and then
-    // diverged
+    // diffusers' train_text_to_image.py clips the gradient norm at 1 (`max_grad_norm`)
     tc.clip_grad_norm = Some(1.0);
     tc.progress_bar = !s.quick;
     tc.autoresume = false;
@@ -780,7 +784,7 @@ fn run_all(s: &Setup, work: &Path, device: &Device) -> Result<Outcome> {
         .collect();
     let grid_png = grid(&reference, &stages, ps.len() * s.seeds)?;
     let about = format!(
-        "{} generated {SIZE}×{SIZE} captioned images ({} held out for the evaluation loss); UNet {} parameters; batch {}, {} steps, AdamW lr {} (wd 0.01), {} warmup steps then constant, gradient norm clipped at 1; caption dropout 0.1; EMA half-life {} steps from step {ema_start}",
+        "{} generated {SIZE}×{SIZE} captioned images ({} held out for the evaluation loss); UNet {} parameters; batch {}, {} steps, PyTorch's AdamW lr {} (weight decay 0.01 × lr per step), {} warmup steps then constant, gradient norm clipped at 1; caption dropout 0.1; EMA half-life {} steps from step {ema_start}",
         data.images.len(),
         (data.images.len() / 4).clamp(1, 64),
         unet(UNetSpeed::default(), &host)?.num_params(),
