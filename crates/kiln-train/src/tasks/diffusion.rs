@@ -230,7 +230,8 @@ pub struct EncodeEachStep {
 impl EncodeEachStep {
     /// Encodes `images` (`[C, H, W]` each, in the VAE's [-1, 1] range) and token ids `ids`
     /// (one row of the text encoder's length per image) with `text_encoder` and `vae` (`None`:
-    /// the images are the latents).
+    /// the images are the latents), both loaded on one device; they run there, and each batch
+    /// is moved to the device the task asks for.
     ///
     /// # Errors
     /// [`Error::Config`] for counts or lengths that do not match; model errors from a trial
@@ -282,14 +283,16 @@ impl EncodeEachStep {
         Ok(me)
     }
 
+    /// Runs the encoders on the device they were loaded on; the results are moved to `device`.
     fn encode(&self, idx: &[usize], device: &Device) -> Result<(Tensor<4>, Tensor<3>)> {
+        let on = self.text_encoder.token_embedding.weight.val().device();
         let b = idx.len();
         let [c, h, w] = self.image_shape;
         let pixels: Vec<f32> = idx
             .iter()
             .flat_map(|&i| self.images[i].iter().copied())
             .collect();
-        let images = Tensor::<4>::from_data(TensorData::new(pixels, [b, c, h, w]), device);
+        let images = Tensor::<4>::from_data(TensorData::new(pixels, [b, c, h, w]), &on);
         let latents = match &self.vae {
             Some(vae) => vae.encode_latents(images)?,
             None => images,
@@ -299,9 +302,9 @@ impl EncodeEachStep {
             .iter()
             .flat_map(|&i| self.ids[i].iter().copied())
             .collect();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, l]), device);
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, l]), &on);
         let embeds = self.text_encoder.forward(ids, None)?.last_hidden_state;
-        Ok((latents, embeds))
+        Ok((latents.to_device(device), embeds.to_device(device)))
     }
 }
 
