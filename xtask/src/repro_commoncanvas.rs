@@ -1024,9 +1024,20 @@ fn report(s: &Setup, o: &Outcome, minutes: f64) -> String {
             100.0 * all
         );
     }
+    let still_falling = o.eval_loss.len() >= 2
+        && o.eval_loss[o.eval_loss.len() - 1].1 < o.eval_loss[o.eval_loss.len() - 2].1;
     let _ = writeln!(
         out,
-        "\n## What this scale can and cannot say\n\n- It shows the recipe end to end in kiln: captions encoded once into a memory-mapped shard, a diffusers-layout UNet trained from scratch with caption dropout and a scheduled EMA, guided DDIM sampling, and whether samples follow their prompts, as a number.\n- It cannot reproduce CommonCanvas's quality claim (SD2-comparable images from CC data) — that needs the SD2-size UNet, its VAE and text encoder, and ~1.7 B training images — nor its 2.71×, whose parts are GPU effects (half-precision memory traffic, FlashAttention at 4,096 positions, FSDP). The speed table is a measurement of these switches on this machine, not an estimate of theirs.\n"
+        "\n## What this scale can and cannot say\n\n- {}",
+        if still_falling {
+            "The held-out loss was still falling at the last evaluation (table above): at this step count the model is undertrained, and its samples keep visible noise — read the adherence table against chance, not as image quality."
+        } else {
+            "The held-out loss had stopped falling by the last evaluation (table above)."
+        }
+    );
+    let _ = writeln!(
+        out,
+        "- It shows the recipe end to end in kiln: captions encoded once into a memory-mapped shard, a diffusers-layout UNet trained from scratch with caption dropout and a scheduled EMA, guided DDIM sampling, and whether samples follow their prompts, as a number.\n- It cannot reproduce CommonCanvas's quality claim (SD2-comparable images from CC data) — that needs the SD2-size UNet, its VAE and text encoder, and ~1.7 B training images — nor its 2.71×, whose parts are GPU effects (half-precision memory traffic, FlashAttention at 4,096 positions, FSDP). The speed table is a measurement of these switches on this machine, not an estimate of theirs.\n"
     );
     out
 }
