@@ -573,8 +573,8 @@ fn sample(
     let v = vocab();
     let clip = text_encoder(device)?;
     let mut ids = Vec::new();
-    for seed in 0..s.seeds {
-        let _ = seed;
+    // the prompts once per noise seed: each seed is another block of initial noise
+    for _ in 0..s.seeds {
         for p in prompts {
             ids.extend(token_ids(&p.caption(), &v)?);
         }

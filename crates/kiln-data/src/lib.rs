@@ -18,7 +18,10 @@
 //! Python functions, arithmetic) and a CoLA-like acceptability probe, so everything runs offline
 //! on any machine. [`images`] holds small labelled image sets for classifiers: the UCI
 //! handwritten digits built in (CC BY 4.0), safetensors image files, stratified splits and the
-//! rotations/permutations continual-learning task sequences are made of.
+//! rotations/permutations continual-learning task sequences are made of. [`captioned`] generates
+//! captioned shape images for text-to-image training and reads back from pixels what an image
+//! shows; [`arrays`] stores fixed-shape f32 records (precomputed latents and text embeddings)
+//! in memory-mapped shards.
 //!
 //! ```
 //! use std::{collections::BTreeMap, sync::Arc};
