@@ -70,20 +70,12 @@ fn diffuse_from_embeddings_equals_diffusers_and_writes_a_png() {
         png.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let got = Checkpoint::open(&out)
-        .unwrap()
-        .tensor("latents")
-        .unwrap()
-        .to_f32()
-        .unwrap();
-    let want = r.tensor("ddim").unwrap().to_f32().unwrap();
-    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
-    assert!(worst <= 1e-4 * scale, "latents differ by {worst:e}");
+    same_within(
+        &latents(&out),
+        &r.tensor("ddim").unwrap().to_f32().unwrap(),
+        1e-4,
+        "latents",
+    );
     // the PNG is diffusers' image in [0, 1], as 8-bit RGB
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
     let mut reader = decoder.read_info().unwrap();
@@ -130,20 +122,8 @@ fn prompt_run_equals(model: &Path, prompt: &str, reference: &str) {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let got = Checkpoint::open(&out)
-        .unwrap()
-        .tensor("latents")
-        .unwrap()
-        .to_f32()
-        .unwrap();
     let want = r.tensor("prompt_ddim").unwrap().to_f32().unwrap();
-    let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
-    assert!(worst <= 1e-4 * scale, "latents differ by {worst:e}");
+    same_within(&latents(&out), &want, 1e-4, "latents");
 }
 
 #[test]
@@ -309,6 +289,11 @@ fn extract_many(r: &Checkpoint, names: &[(&str, &str)], path: &Path) {
 
 #[track_caller]
 fn same(got: &[f32], want: &[f32], what: &str) {
+    same_within(got, want, 1e-5, what);
+}
+
+/// `got` equals `want` to `tol` × the larger of 1e-3 and `want`'s largest |value|.
+fn same_within(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
     let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
     let worst = got
@@ -316,7 +301,17 @@ fn same(got: &[f32], want: &[f32], what: &str) {
         .zip(want)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
-    assert!(worst <= 1e-5 * scale, "{what}: {worst:e}");
+    assert!(worst <= tol * scale, "{what} differ by {worst:e}");
+}
+
+/// The `latents` tensor `kiln run diffuse --output-latents` wrote.
+fn latents(path: &Path) -> Vec<f32> {
+    Checkpoint::open(path)
+        .unwrap()
+        .tensor("latents")
+        .unwrap()
+        .to_f32()
+        .unwrap()
 }
 
 #[test]

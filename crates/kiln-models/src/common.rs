@@ -85,6 +85,17 @@ pub enum LayerNormPrecision {
     F16,
 }
 
+impl LayerNormPrecision {
+    /// The low dtype to round to (`None`: the model's own).
+    fn dtype(self) -> Option<burn::tensor::FloatDType> {
+        match self {
+            Self::Model => None,
+            Self::Bf16 => Some(burn::tensor::FloatDType::BF16),
+            Self::F16 => Some(burn::tensor::FloatDType::F16),
+        }
+    }
+}
+
 /// `ln(x)` at `precision` (see [`LayerNormPrecision`]); `epsilon` is `ln`'s (burn keeps it
 /// private).
 pub(crate) fn layer_norm_in<const D: usize>(
@@ -93,10 +104,8 @@ pub(crate) fn layer_norm_in<const D: usize>(
     x: Tensor<D>,
     epsilon: f64,
 ) -> Tensor<D> {
-    let dtype = match precision {
-        LayerNormPrecision::Model => return ln.forward(x),
-        LayerNormPrecision::Bf16 => burn::tensor::FloatDType::BF16,
-        LayerNormPrecision::F16 => burn::tensor::FloatDType::F16,
+    let Some(dtype) = precision.dtype() else {
+        return ln.forward(x);
     };
     let original: burn::tensor::FloatDType = x.dtype().into();
     burn::tensor::module::layer_norm(
@@ -117,10 +126,8 @@ pub(crate) fn group_norm_in<const D: usize>(
     gn: &GroupNorm,
     x: Tensor<D>,
 ) -> Tensor<D> {
-    let low = match precision {
-        LayerNormPrecision::Model => return gn.forward(x),
-        LayerNormPrecision::Bf16 => burn::tensor::FloatDType::BF16,
-        LayerNormPrecision::F16 => burn::tensor::FloatDType::F16,
+    let Some(low) = precision.dtype() else {
+        return gn.forward(x);
     };
     let original: burn::tensor::FloatDType = x.dtype().into();
     let wide = burn::tensor::FloatDType::F32;
@@ -155,10 +162,8 @@ pub(crate) fn layer_norm_rounded<const D: usize>(
     x: Tensor<D>,
     epsilon: f64,
 ) -> Tensor<D> {
-    let low = match precision {
-        LayerNormPrecision::Model => return ln.forward(x),
-        LayerNormPrecision::Bf16 => burn::tensor::FloatDType::BF16,
-        LayerNormPrecision::F16 => burn::tensor::FloatDType::F16,
+    let Some(low) = precision.dtype() else {
+        return ln.forward(x);
     };
     let original: burn::tensor::FloatDType = x.dtype().into();
     let wide = burn::tensor::FloatDType::F32;
