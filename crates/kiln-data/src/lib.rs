@@ -10,7 +10,9 @@
 //!    saves;
 //! 4. [`mixture`] — draw each sequence's domain from a data-mix schedule
 //!    ([`kiln_schedules::DataMix`]) at the current step, counting tokens and repetition per
-//!    domain;
+//!    domain — or [`curriculum`]: phases of mixes with mosaicml/streaming's
+//!    `proportion | repeat | choose` counts per epoch ([`streams`]), repeat accounting per
+//!    phase and domain, and llm-foundry's rule for changing the schedule on resume;
 //! 5. [`mlm`] — BERT masking (80/10/10, specials and padding never selected) at a rate given
 //!    per batch, e.g. by a [`kiln_schedules::MaskingSchedule`].
 //!
@@ -67,12 +69,15 @@
 pub mod arrays;
 pub mod captioned;
 pub mod corpus;
+pub mod curriculum;
 mod error;
 pub mod images;
 pub mod mixture;
 pub mod mlm;
+mod numpy_rng;
 pub mod packing;
 pub mod shards;
+pub mod streams;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -179,7 +179,7 @@ fn uniform(seed: u64, step: u64, slot: u64) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use kiln_schedules::{DataMix, Duration, RunSize};
@@ -190,7 +190,8 @@ mod tests {
     use crate::shards::{TokenShard, write_shard};
     use crate::tokenizer::{Tokenizer, TokenizerKind};
 
-    fn streams(dir: &std::path::Path) -> BTreeMap<String, SequenceStream> {
+    /// The three built-in domains (arithmetic tiny) as 16-token sequences.
+    pub(crate) fn streams(dir: &std::path::Path) -> BTreeMap<String, SequenceStream> {
         let all: Vec<String> = Domain::ALL
             .iter()
             .flat_map(|d| documents(*d, 0, 0, 40))

@@ -299,6 +299,11 @@ impl SequenceStream {
 
     /// The next sequence.
     pub fn next_sequence(&mut self) -> Vec<u32> {
+        self.next_indexed().1
+    }
+
+    /// The next sequence with its index in [`PackedSequences`] (to count distinct sequences).
+    pub fn next_indexed(&mut self) -> (usize, Vec<u32>) {
         if self.order_epoch != Some(self.position.epoch) {
             self.order = permutation(self.sequences.len(), self.seed, self.position.epoch);
             self.order_epoch = Some(self.position.epoch);
@@ -311,7 +316,7 @@ impl SequenceStream {
                 index: 0,
             };
         }
-        self.sequences.get(i)
+        (i, self.sequences.get(i))
     }
 }
 

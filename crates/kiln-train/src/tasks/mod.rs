@@ -24,7 +24,9 @@ pub use diffusion::{
     DiffusionBatch, EncodeEachStep, LatentSet, LatentShards, LatentSource, TextToImageConfig,
     TextToImageTask, precompute,
 };
+mod curriculum;
 mod images;
+pub use curriculum::{CurriculumLmConfig, CurriculumLmTask};
 pub use images::{
     ImageClassificationTask, ImageFisherData, ImageReplaySource, evaluate_images, image_batch,
 };
@@ -730,18 +732,8 @@ impl CausalLmTask {
         Ok(self)
     }
 
-    /// The mean next-token cross-entropy per predicted token over `seqs`, in nats.
     fn eval_loss(&self, valid: &Gpt2LmHead, seqs: &[Vec<u32>], device: &Device) -> f64 {
-        let (mut sum, mut count) = (0.0f64, 0.0f64);
-        for chunk in seqs.chunks(self.batch_size) {
-            let rows: Vec<&Vec<u32>> = chunk.iter().collect();
-            let (ids, mask) = Self::pad(&rows, device);
-            let targets: f64 = rows.iter().map(|r| (r.len() - 1) as f64).sum();
-            let loss = valid.loss(ids, Some(mask)).into_scalar::<f32>() as f64;
-            sum += loss * targets;
-            count += targets;
-        }
-        sum / count
+        lm_eval_loss(valid, seqs, self.batch_size, device)
     }
 
     /// Token ids below `vocab_size`, lengths within `n_positions`: checked once, naming the
@@ -750,7 +742,6 @@ impl CausalLmTask {
         if self.checked {
             return Ok(());
         }
-        let c = &model.transformer.config;
         let sets = [("training", &self.train), ("evaluation", &self.eval)]
             .into_iter()
             .map(|(n, s)| (n.to_owned(), s))
@@ -759,45 +750,75 @@ impl CausalLmTask {
                     .iter()
                     .map(|(n, s)| (format!("evaluation set `{n}`"), s)),
             );
-        for (set, seqs) in sets {
-            for (i, s) in seqs.iter().enumerate() {
-                if let Some(&t) = s.iter().find(|&&t| t as usize >= c.vocab_size) {
-                    return Err(Error::Config {
-                        message: format!(
-                            "{set} sequence {i}: token id {t} is outside the model's vocabulary (vocab_size {})",
-                            c.vocab_size
-                        ),
-                    });
-                }
-                if s.len() > c.n_positions {
-                    return Err(Error::Config {
-                        message: format!(
-                            "{set} sequence {i} has {} tokens, more than the model's {} positions (n_positions); split it",
-                            s.len(),
-                            c.n_positions
-                        ),
-                    });
-                }
-            }
-        }
+        check_lm_sets(model, sets)?;
         self.checked = true;
         Ok(())
     }
 
     fn pad(rows: &[&Vec<u32>], device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
-        let l = rows.iter().map(|r| r.len()).max().unwrap_or(2);
-        let (mut ids, mut mask) = (vec![0i64; rows.len() * l], vec![0i64; rows.len() * l]);
-        for (i, r) in rows.iter().enumerate() {
-            for (j, &t) in r.iter().enumerate() {
-                ids[i * l + j] = i64::from(t);
-                mask[i * l + j] = 1;
+        pad_rows(rows, device)
+    }
+}
+
+/// The mean next-token cross-entropy per predicted token over `seqs` (batches of
+/// `batch_size`), in nats.
+fn lm_eval_loss(valid: &Gpt2LmHead, seqs: &[Vec<u32>], batch_size: usize, device: &Device) -> f64 {
+    let (mut sum, mut count) = (0.0f64, 0.0f64);
+    for chunk in seqs.chunks(batch_size) {
+        let rows: Vec<&Vec<u32>> = chunk.iter().collect();
+        let (ids, mask) = pad_rows(&rows, device);
+        let targets: f64 = rows.iter().map(|r| (r.len() - 1) as f64).sum();
+        let loss = valid.loss(ids, Some(mask)).into_scalar::<f32>() as f64;
+        sum += loss * targets;
+        count += targets;
+    }
+    sum / count
+}
+
+/// Token ids below `vocab_size`, lengths within `n_positions`, naming the set and sequence.
+fn check_lm_sets<'a>(
+    model: &Gpt2LmHead,
+    sets: impl IntoIterator<Item = (String, &'a Vec<Vec<u32>>)>,
+) -> Result<()> {
+    let c = &model.transformer.config;
+    for (set, seqs) in sets {
+        for (i, s) in seqs.iter().enumerate() {
+            if let Some(&t) = s.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(Error::Config {
+                    message: format!(
+                        "{set} sequence {i}: token id {t} is outside the model's vocabulary (vocab_size {})",
+                        c.vocab_size
+                    ),
+                });
+            }
+            if s.len() > c.n_positions {
+                return Err(Error::Config {
+                    message: format!(
+                        "{set} sequence {i} has {} tokens, more than the model's {} positions (n_positions); split it",
+                        s.len(),
+                        c.n_positions
+                    ),
+                });
             }
         }
-        (
-            ints(&ids, [rows.len(), l], device),
-            ints(&mask, [rows.len(), l], device),
-        )
     }
+    Ok(())
+}
+
+/// Right-pads rows with 0 into ids and an attention mask.
+fn pad_rows(rows: &[&Vec<u32>], device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>) {
+    let l = rows.iter().map(|r| r.len()).max().unwrap_or(2);
+    let (mut ids, mut mask) = (vec![0i64; rows.len() * l], vec![0i64; rows.len() * l]);
+    for (i, r) in rows.iter().enumerate() {
+        for (j, &t) in r.iter().enumerate() {
+            ids[i * l + j] = i64::from(t);
+            mask[i * l + j] = 1;
+        }
+    }
+    (
+        ints(&ids, [rows.len(), l], device),
+        ints(&mask, [rows.len(), l], device),
+    )
 }
 
 impl TrainTask<Gpt2LmHead> for CausalLmTask {
