@@ -93,6 +93,11 @@ pub(crate) fn run_ci(no_test: bool) -> Result {
     )?;
     run(
         "cargo",
+        &["xtask", "repro", "upsampling", "--quick", "--out", out_str],
+        &[],
+    )?;
+    run(
+        "cargo",
         &[
             "xtask",
             "repro",

@@ -53,6 +53,7 @@ mod repro_lora;
 mod repro_masking;
 mod repro_scaling;
 mod repro_sfa;
+mod repro_upsampling;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -115,6 +116,15 @@ commands:
                                     from the pixels → DIR (default docs/reproductions):
                                     commoncanvas.md + commoncanvas-samples.png (default 1500 steps;
                                     --quick: 6 steps, 3 prompts)
+  repro upsampling [--quick] [--out DIR] [--seeds N] [--steps N] [--device cpu|cuda[:N]]
+                                    domain upsampling at the end of pretraining (Blakeney et al. 2024): a
+                                    small GPT-2 pretrained on prose plus three small domains (code,
+                                    arithmetic, sorted lists), branched from its checkpoints at 1 − f to
+                                    upsample the small domains over the last f ∈ {5, 10, 20, 30}% and to
+                                    drop one domain at f = 20%; held-out loss per domain, benchmarks,
+                                    repeat accounting, ablation cost (default 3 seeds × 1000 steps;
+                                    --quick: 1 seed, 40 tiny steps) → DIR (default docs/reproductions):
+                                    upsampling.md + upsampling.svg
   gpu-check build                   build kiln-gpu-check for CUDA without network (DOCS_RS=1, NVRTC kernels,
                                     LLVM symbols stubbed; see docs/GPU.md) into gpu-check/, with fusion
                                     and without (kiln-gpu-check-no-fusion, for --no-fusion-binary)
@@ -169,6 +179,7 @@ fn main() -> ExitCode {
         ["repro", "difficulty", rest @ ..] => repro_difficulty::command(rest),
         ["repro", "commoncanvas", rest @ ..] => repro_commoncanvas::command(rest),
         ["repro", "distill", rest @ ..] => repro_distill::command(rest),
+        ["repro", "upsampling", rest @ ..] => repro_upsampling::command(rest),
         ["bench", "scaling", rest @ ..] => bench::scaling(rest),
         ["bench", "merge", rest @ ..] => bench_merge::merge(rest),
         ["bench", "lora", rest @ ..] => bench_lora::lora(rest),

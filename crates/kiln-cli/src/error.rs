@@ -30,6 +30,10 @@ pub(crate) enum CliError {
     #[error(transparent)]
     Scoring(#[from] kiln_scoring::Error),
 
+    /// An error of the training crate (multiple-choice evaluation, ...).
+    #[error(transparent)]
+    Train(#[from] kiln_train::Error),
+
     /// An error of the models crate (config, weights, device, tokenizer, ...).
     #[error(transparent)]
     Models(#[from] kiln_models::Error),

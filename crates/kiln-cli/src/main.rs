@@ -10,6 +10,7 @@
 //! kiln scaling cost --params 30B --requests 1e9 --input-tokens 500 --output-tokens 100
 //! kiln scaling fit --csv runs.csv --json > law.json
 //! kiln scaling sweep --loss 2.0 --output sweep.svg --law law.json
+//! kiln eval mc --model ./biomedlm --data medmcqa_dev.jsonl --json > scores.json
 //! kiln scores consistency runs/mlp-*.scores --score el2n_mean --json
 //! kiln scores fingerprint --group mlp=a.scores,b.scores,c.scores --group cnn=d.scores,e.scores,f.scores
 //! ```
@@ -19,6 +20,7 @@
 
 mod diffuse;
 mod error;
+mod eval;
 mod lora;
 mod merge;
 mod numbers;
@@ -49,6 +51,10 @@ enum Command {
     /// Merge Hugging Face checkpoints from a mergekit-style YAML config (TIES, DARE, task
     /// arithmetic, SLERP, linear, WiSE-FT), streamed tensor by tensor.
     Merge(merge::MergeArgs),
+    /// Evaluate a model: multiple-choice accuracy as lm-evaluation-harness computes it
+    /// (MedMCQA, MedQA, SWAG-style rows), zero- or few-shot.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
     /// LoRA with PEFT's files: merge adapters into checkpoints, extract adapters from fine-tuned
     /// checkpoints by SVD, and the spectrum of what fine-tuning changed ("LoRA Learns Less and
     /// Forgets Less").
@@ -94,6 +100,10 @@ fn main() -> ExitCode {
             // `merge`, which streams and keeps its memory small.
             kiln_models::cpu::tune_allocator();
             run::run(cmd)
+        }
+        Command::Eval(cmd) => {
+            kiln_models::cpu::tune_allocator();
+            eval::run(cmd)
         }
         Command::Scaling(cmd) => scaling::run(*cmd),
         Command::Lora(cmd) => lora::run(cmd),

@@ -508,7 +508,7 @@ impl CurriculumSampler {
             {
                 self.warned.push((p, self.names[d].clone()));
                 self.pending.push(format!(
-                    "domain `{}` is repeated {:.1}× in curriculum phase {} (above {}): its {} distinct tokens were drawn {} times in all by step {step}; a larger share may be wasted on repeats",
+                    "domain `{}` is repeated {:.2}× in curriculum phase {} (above {}): its {} distinct tokens were drawn {} times in all by step {step}; a larger share may be wasted on repeats",
                     self.names[d],
                     ps.repeat(),
                     p + 1,

@@ -72,6 +72,7 @@ pub mod corpus;
 pub mod curriculum;
 mod error;
 pub mod images;
+pub mod mc;
 pub mod mixture;
 pub mod mlm;
 mod numpy_rng;

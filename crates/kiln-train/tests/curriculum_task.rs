@@ -102,11 +102,7 @@ fn curriculum(f: f64) -> Curriculum {
 type Weights = Vec<(String, Vec<f32>)>;
 
 /// Trains (or resumes) in `run_dir` with the final phase over the last `f` of the run.
-fn fit(
-    d: &Data,
-    run_dir: &Path,
-    f: f64,
-) -> Result<(Weights, Vec<Value>), kiln_train::Error> {
+fn fit(d: &Data, run_dir: &Path, f: f64) -> Result<(Weights, Vec<Value>), kiln_train::Error> {
     let device = Device::flex().autodiff();
     device.seed(3);
     let config = Gpt2Config {

@@ -26,6 +26,7 @@ pub use diffusion::{
 };
 mod curriculum;
 mod images;
+pub mod mc;
 pub use curriculum::{CurriculumLmConfig, CurriculumLmTask};
 pub use images::{
     ImageClassificationTask, ImageFisherData, ImageReplaySource, evaluate_images, image_batch,
