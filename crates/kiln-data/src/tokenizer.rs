@@ -411,6 +411,36 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Adds special tokens (kept whole wherever they occur in a text, as transformers'
+    /// `add_special_tokens`), returning their ids; tokens already in the vocabulary keep theirs.
+    /// BioMedLM's multiple-choice recipe adds `[PAD]`, `[CLS]` and `[SEP]` to GPT-2's tokenizer
+    /// this way (the model's embeddings then grow to [`vocab_size`](Self::vocab_size)).
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] for an empty token.
+    pub fn add_special_tokens(&mut self, tokens: &[&str]) -> Result<Vec<u32>> {
+        if let Some(t) = tokens.iter().find(|t| t.is_empty()) {
+            return Err(Error::Tokenizer {
+                path: self.path.clone(),
+                message: format!("cannot add the empty special token {t:?}"),
+            });
+        }
+        let added: Vec<tokenizers::AddedToken> = tokens
+            .iter()
+            .map(|t| tokenizers::AddedToken::from((*t).to_owned(), true))
+            .collect();
+        self.inner.add_special_tokens(&added);
+        tokens
+            .iter()
+            .map(|t| {
+                self.inner.token_to_id(t).ok_or_else(|| Error::Tokenizer {
+                    path: self.path.clone(),
+                    message: format!("special token {t:?} was not added"),
+                })
+            })
+            .collect()
+    }
+
     /// Id of a token.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

@@ -443,6 +443,34 @@ impl Gpt2Attention {
 }
 
 impl Gpt2Model {
+    /// Grows (or keeps) the token embedding to `vocab_size` rows, as transformers'
+    /// `resize_token_embeddings` after tokens were added to the tokenizer (BioMedLM's
+    /// multiple-choice recipe adds `[PAD]`, `[CLS]`, `[SEP]`). New rows are the mean of the
+    /// existing ones — transformers' `mean_resizing` default since 4.46 (it samples around the
+    /// mean with a 1e-9-scaled covariance; the mean is its expectation) —; existing rows are
+    /// unchanged. A tied LM head follows the embedding.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `vocab_size` is smaller than the current vocabulary.
+    pub fn resize_token_embeddings(mut self, vocab_size: usize) -> Result<Self> {
+        let [old, d] = self.wte.weight.dims();
+        if vocab_size < old {
+            return Err(config_err(format!(
+                "resize_token_embeddings: {vocab_size} rows is fewer than the {old} the model has; shrinking would drop trained tokens"
+            )));
+        }
+        if vocab_size == old {
+            return Ok(self);
+        }
+        // a new leaf: the grown table is a parameter, not a result of the old one
+        let w = self.wte.weight.val().detach();
+        let mean = w.clone().mean_dim(0);
+        let grown = Tensor::cat(vec![w, mean.expand([vocab_size - old, d])], 0).detach();
+        self.wte.weight = burn::module::Param::from_tensor(grown);
+        self.config.vocab_size = vocab_size;
+        Ok(self)
+    }
+
     /// Hidden states `[B, L, n_embd]` after `ln_f`.
     ///
     /// `attention_mask` is `[B, L']` with 1 for real tokens and 0 for padding, over the cached
@@ -871,7 +899,18 @@ impl Gpt2MultipleChoice {
         attention_mask: Option<Tensor<3, Int>>,
         labels: Tensor<1, Int>,
     ) -> Tensor<1> {
-        cross_entropy(self.forward(input_ids, attention_mask), labels)
+        self.loss_with_scores(input_ids, attention_mask, labels).0
+    }
+
+    /// [`loss`](Self::loss) and the choice scores `[B, C]` it was computed from.
+    pub fn loss_with_scores(
+        &self,
+        input_ids: Tensor<3, Int>,
+        attention_mask: Option<Tensor<3, Int>>,
+        labels: Tensor<1, Int>,
+    ) -> (Tensor<1>, Tensor<2>) {
+        let scores = self.forward(input_ids, attention_mask);
+        (cross_entropy(scores.clone(), labels), scores)
     }
 
     /// Loads a directory with `transformer.*` and `classifier.{weight,bias}` (nn.Linear layout).

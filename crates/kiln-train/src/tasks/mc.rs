@@ -9,6 +9,9 @@
 //! after the context's own tokens, and the model sees the last `max_length + 1` tokens minus the
 //! final one (an empty context starts with the end-of-text token). Accuracy is also reported
 //! per subject and per MedMCQA `choice_type`, each with a percentile bootstrap interval.
+//!
+//! [`MultipleChoiceTask`] fine-tunes BioMedLM's multiple-choice head instead (options encoded
+//! by [`encode_for_head`]).
 
 use std::collections::BTreeMap;
 
@@ -17,12 +20,15 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use kiln_data::mc::{LETTERS, McExample, McFormat, fewshot_context};
 use kiln_data::tokenizer::Tokenizer;
-use kiln_models::gpt2::Gpt2LmHead;
+use kiln_models::gpt2::{Gpt2LmHead, Gpt2MultipleChoice};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::step::{Predictions, StepOutput};
+use crate::trainer::{BatchSize, DataSize, TrainState, TrainTask};
 
 /// How to evaluate.
 #[derive(Debug, Clone, PartialEq)]
@@ -369,4 +375,280 @@ fn bootstrap(hits: &[f64], resamples: usize, confidence: f64, rng: &mut ChaCha8R
     let q = |p: f64| means[((p * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
     let alpha = (1.0 - confidence) / 2.0;
     (q(alpha), q(1.0 - alpha))
+}
+
+/// One question encoded for BioMedLM's multiple-choice head: one token row per option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McEncoded {
+    /// Token ids of each option's input.
+    pub choices: Vec<Vec<u32>>,
+    /// The correct option (`None`: unlabelled, not trainable).
+    pub label: Option<usize>,
+}
+
+/// BioMedLM's input for each option of `ex` (`finetune/mc/run_multiple_choice.py` with a GPT-2
+/// tokenizer): `question + sep` followed by `f"{header} {option}" + sep`, the two encodings
+/// concatenated (GPT-2's tokenizer adds nothing around a pair) and cut to `max_length` tokens
+/// longest-first (tokens dropped from the end of the longer part). `sep` is the added `[SEP]`
+/// token, which the tokenizer keeps whole.
+///
+/// # Errors
+/// Tokenizer errors.
+pub fn encode_for_head(
+    tok: &Tokenizer,
+    ex: &McExample,
+    sep: &str,
+    max_length: usize,
+) -> Result<McEncoded> {
+    let first = tok.encode(&format!("{}{sep}", ex.question), false)?;
+    let mut choices = Vec::with_capacity(ex.choices.len());
+    for option in &ex.choices {
+        let mut a = first.clone();
+        let mut b = tok.encode(&format!("{} {option}{sep}", ex.header), false)?;
+        while a.len() + b.len() > max_length {
+            if a.len() > b.len() {
+                a.pop();
+            } else {
+                b.pop();
+            }
+        }
+        a.extend(b);
+        choices.push(a);
+    }
+    Ok(McEncoded {
+        choices,
+        label: ex.answer,
+    })
+}
+
+/// Fine-tuning BioMedLM's `GPT2ForMultipleChoice` (kiln-models' [`Gpt2MultipleChoice`]):
+/// shuffled epochs over encoded questions, each batch `[B, C, L]` right-padded with `pad_id`
+/// (so the head pools each option's last real token, the final `[SEP]`), cross-entropy over
+/// the options; evaluation reports `accuracy` and `loss` on held-out questions. Every question
+/// needs the same number of options and a label.
+pub struct MultipleChoiceTask {
+    train: Vec<McEncoded>,
+    eval: Vec<McEncoded>,
+    batch_size: usize,
+    pad_id: u32,
+    device: Device,
+    epochs: super::ShuffledEpochs,
+    checked: bool,
+}
+
+impl MultipleChoiceTask {
+    /// A task over encoded `train` and `eval` questions.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for empty sets, a zero batch size, an unlabelled question, an option
+    /// with no tokens, or questions with different numbers of options.
+    pub fn new(
+        train: Vec<McEncoded>,
+        eval: Vec<McEncoded>,
+        batch_size: usize,
+        pad_id: u32,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let bad = |message: String| Err(Error::Config { message });
+        if train.is_empty() || eval.is_empty() || batch_size == 0 {
+            return bad("multiple-choice task: the training and evaluation sets and the batch size must not be empty".into());
+        }
+        let c = train[0].choices.len();
+        for (set, rows) in [("training", &train), ("evaluation", &eval)] {
+            for (i, r) in rows.iter().enumerate() {
+                if r.choices.len() != c {
+                    return bad(format!(
+                        "multiple-choice task: {set} question {i} has {} options, the first has {c}; batches need one count",
+                        r.choices.len()
+                    ));
+                }
+                if r.choices.iter().any(Vec::is_empty) {
+                    return bad(format!(
+                        "multiple-choice task: {set} question {i} has an option with no tokens"
+                    ));
+                }
+                if !r.label.is_some_and(|l| l < c) {
+                    return bad(format!(
+                        "multiple-choice task: {set} question {i} has no answer among its {c} options"
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            epochs: super::ShuffledEpochs::new(train.len(), seed),
+            train,
+            eval,
+            batch_size,
+            pad_id,
+            device: device.clone(),
+            checked: false,
+        })
+    }
+
+    fn tensors(
+        &self,
+        rows: &[&McEncoded],
+        device: &Device,
+    ) -> (Tensor<3, Int>, Tensor<3, Int>, Tensor<1, Int>) {
+        let (b, c) = (rows.len(), rows[0].choices.len());
+        let l = rows
+            .iter()
+            .flat_map(|r| r.choices.iter().map(Vec::len))
+            .max()
+            .unwrap_or(1);
+        let mut ids = vec![i64::from(self.pad_id); b * c * l];
+        let mut mask = vec![0i64; b * c * l];
+        for (i, r) in rows.iter().enumerate() {
+            for (j, ch) in r.choices.iter().enumerate() {
+                for (k, &t) in ch.iter().enumerate() {
+                    ids[(i * c + j) * l + k] = i64::from(t);
+                    mask[(i * c + j) * l + k] = 1;
+                }
+            }
+        }
+        let labels: Vec<i64> = rows.iter().map(|r| r.label.unwrap_or(0) as i64).collect();
+        let t3 = |v: Vec<i64>| Tensor::<3, Int>::from_data(TensorData::new(v, [b, c, l]), device);
+        (
+            t3(ids),
+            t3(mask),
+            Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), device),
+        )
+    }
+
+    fn check(&mut self, model: &Gpt2MultipleChoice) -> Result<()> {
+        if self.checked {
+            return Ok(());
+        }
+        let cfg = &model.transformer.config;
+        for (set, rows) in [("training", &self.train), ("evaluation", &self.eval)] {
+            for (i, r) in rows.iter().enumerate() {
+                for ch in &r.choices {
+                    if let Some(&t) = ch.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+                        return Err(Error::Config {
+                            message: format!(
+                                "{set} question {i}: token id {t} is outside the model's vocabulary ({}); resize the embeddings after adding tokens (Gpt2Model::resize_token_embeddings)",
+                                cfg.vocab_size
+                            ),
+                        });
+                    }
+                    if ch.len() > cfg.n_positions {
+                        return Err(Error::Config {
+                            message: format!(
+                                "{set} question {i}: an option has {} tokens, more than the model's {} positions; encode with a smaller max_length",
+                                ch.len(),
+                                cfg.n_positions
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        if (self.pad_id as usize) >= cfg.vocab_size {
+            return Err(Error::Config {
+                message: format!("pad id {} is outside the model's vocabulary", self.pad_id),
+            });
+        }
+        self.checked = true;
+        Ok(())
+    }
+}
+
+impl TrainTask<Gpt2MultipleChoice> for MultipleChoiceTask {
+    type Batch = Vec<usize>;
+
+    fn data_size(&self) -> DataSize {
+        self.epochs.data_size(self.batch_size)
+    }
+
+    fn next_batch(
+        &mut self,
+        _: &TrainState,
+        _: usize,
+        _: usize,
+    ) -> Result<(Vec<usize>, BatchSize)> {
+        let idx = self.epochs.take(self.batch_size);
+        let tokens = idx
+            .iter()
+            .map(|&i| {
+                self.train[i]
+                    .choices
+                    .iter()
+                    .map(|c| c.len() as u64)
+                    .sum::<u64>()
+            })
+            .sum();
+        Ok((
+            idx,
+            BatchSize {
+                samples: self.batch_size as u64,
+                tokens,
+            },
+        ))
+    }
+
+    /// Cross-entropy over the options; the option scores with their labels as predictions,
+    /// the questions' indices as example ids.
+    fn forward(&mut self, model: &Gpt2MultipleChoice, idx: Vec<usize>) -> Result<StepOutput> {
+        self.check(model)?;
+        let rows: Vec<&McEncoded> = idx.iter().map(|&i| &self.train[i]).collect();
+        let (ids, mask, labels) = self.tensors(&rows, &self.device);
+        let (loss, scores) = model.loss_with_scores(ids, Some(mask), labels.clone());
+        let b = rows.len();
+        Ok(StepOutput::new(loss)
+            .with_predictions(Predictions::rows(scores, labels, (0..b).collect())?)
+            .with_example_ids(idx.iter().map(|&i| i as u64).collect()))
+    }
+
+    /// `accuracy` and `loss` (mean cross-entropy over options) on the held-out questions.
+    fn evaluate(
+        &mut self,
+        model: &Gpt2MultipleChoice,
+        _: &TrainState,
+    ) -> Result<BTreeMap<String, f64>> {
+        self.check(model)?;
+        let valid = model.valid();
+        let device = self.device.clone().inner();
+        let (mut right, mut nll, mut n) = (0usize, 0.0f64, 0usize);
+        let eval: Vec<&McEncoded> = self.eval.iter().collect();
+        for chunk in eval.chunks(self.batch_size) {
+            let (ids, mask, _) = self.tensors(chunk, &device);
+            let scores = valid.forward(ids, Some(mask));
+            let c = scores.dims()[1];
+            let host = scores
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap_or_default();
+            for (r, row) in chunk.iter().zip(host.chunks(c)) {
+                let label = r.label.unwrap_or(0);
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let lse = f64::from(max)
+                    + row
+                        .iter()
+                        .map(|&x| f64::from(x - max).exp())
+                        .sum::<f64>()
+                        .ln();
+                nll += lse - f64::from(row[label]);
+                let arg = row
+                    .iter()
+                    .enumerate()
+                    .fold(0, |best, (i, &x)| if x > row[best] { i } else { best });
+                right += usize::from(arg == label);
+                n += 1;
+            }
+        }
+        Ok(BTreeMap::from([
+            ("accuracy".to_owned(), right as f64 / n as f64),
+            ("loss".to_owned(), nll / n as f64),
+        ]))
+    }
+
+    fn data_state(&self) -> Value {
+        self.epochs.state()
+    }
+
+    fn restore_data_state(&mut self, state: &Value) -> Result<()> {
+        self.epochs.restore(state)
+    }
 }

@@ -337,7 +337,7 @@ impl TrainTask<BertForMaskedLm> for MlmTask {
 
 /// Shuffled epochs over `len` examples: a cursor counting examples handed out, each epoch in a
 /// permutation drawn from `(seed, epoch)` — so a checkpointed cursor resumes the same order.
-struct ShuffledEpochs {
+pub(crate) struct ShuffledEpochs {
     len: usize,
     seed: u64,
     cursor: u64,
@@ -345,7 +345,7 @@ struct ShuffledEpochs {
 }
 
 impl ShuffledEpochs {
-    fn new(len: usize, seed: u64) -> Self {
+    pub(crate) fn new(len: usize, seed: u64) -> Self {
         Self {
             len,
             seed,
@@ -355,7 +355,7 @@ impl ShuffledEpochs {
     }
 
     /// The next `k` example indices.
-    fn take(&mut self, k: usize) -> Vec<usize> {
+    pub(crate) fn take(&mut self, k: usize) -> Vec<usize> {
         let n = self.len as u64;
         let mut idx = Vec::with_capacity(k);
         for j in 0..k as u64 {
@@ -373,7 +373,7 @@ impl ShuffledEpochs {
     }
 
     /// Sizes for duration resolution at `batch` examples per step.
-    fn data_size(&self, batch: usize) -> DataSize {
+    pub(crate) fn data_size(&self, batch: usize) -> DataSize {
         DataSize {
             steps_per_epoch: Some(self.len.div_ceil(batch) as u64),
             samples_per_step: Some(batch as u64),
@@ -381,11 +381,11 @@ impl ShuffledEpochs {
         }
     }
 
-    fn state(&self) -> Value {
+    pub(crate) fn state(&self) -> Value {
         serde_json::json!({"cursor": self.cursor})
     }
 
-    fn restore(&mut self, state: &Value) -> Result<()> {
+    pub(crate) fn restore(&mut self, state: &Value) -> Result<()> {
         self.cursor = state["cursor"].as_u64().ok_or_else(|| Error::Config {
             message: "checkpointed data state has no cursor".into(),
         })?;
