@@ -468,7 +468,7 @@ impl MultipleChoiceTask {
                         "multiple-choice task: {set} question {i} has an option with no tokens"
                     ));
                 }
-                if !r.label.is_some_and(|l| l < c) {
+                if r.label.is_none_or(|l| l >= c) {
                     return bad(format!(
                         "multiple-choice task: {set} question {i} has no answer among its {c} options"
                     ));
