@@ -108,7 +108,7 @@ fn head_learns_and_inputs_are_biomedlm_s() {
         .unwrap();
     let grown = model.transformer.wte.weight.val();
     assert_eq!(grown.dims()[0], before + 3);
-    let kept = grown.slice([0..before]).into_data();
+    let kept = grown.narrow(0, 0, before).into_data();
     assert_eq!(kept, old);
     let run = |dir: &std::path::Path, model: Gpt2MultipleChoice| {
         let mut task =
