@@ -98,6 +98,11 @@ pub(crate) fn run_ci(no_test: bool) -> Result {
     )?;
     run(
         "cargo",
+        &["xtask", "repro", "biomedlm-mc", "--quick", "--out", out_str],
+        &[],
+    )?;
+    run(
+        "cargo",
         &[
             "xtask",
             "repro",

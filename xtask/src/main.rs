@@ -46,6 +46,7 @@ mod ci;
 mod flex_patch;
 mod gpu_check;
 mod profile;
+mod repro_biomedlm_mc;
 mod repro_commoncanvas;
 mod repro_difficulty;
 mod repro_distill;
@@ -125,6 +126,13 @@ commands:
                                     repeat accounting, ablation cost (default 3 seeds × 1000 steps;
                                     --quick: 1 seed, 40 tiny steps) → DIR (default docs/reproductions):
                                     upsampling.md + upsampling.svg
+  repro biomedlm-mc [--quick] [--out DIR] [--device cpu|cuda[:N]]
+                                    BioMedLM's multiple-choice pipeline at small scale: a small GPT-2
+                                    pretrained on the built-in corpora, arithmetic questions in MedMCQA's
+                                    layout, zero-shot lm-eval medmcqa scoring vs the multiple-choice head
+                                    fine-tuned in full and with LoRA (r 16), accuracy by subject and
+                                    choice_type with bootstrap intervals → DIR (default docs/reproductions):
+                                    biomedlm-mc.md (--quick: tiny model, 64 questions)
   gpu-check build                   build kiln-gpu-check for CUDA without network (DOCS_RS=1, NVRTC kernels,
                                     LLVM symbols stubbed; see docs/GPU.md) into gpu-check/, with fusion
                                     and without (kiln-gpu-check-no-fusion, for --no-fusion-binary)
@@ -180,6 +188,7 @@ fn main() -> ExitCode {
         ["repro", "commoncanvas", rest @ ..] => repro_commoncanvas::command(rest),
         ["repro", "distill", rest @ ..] => repro_distill::command(rest),
         ["repro", "upsampling", rest @ ..] => repro_upsampling::command(rest),
+        ["repro", "biomedlm-mc", rest @ ..] => repro_biomedlm_mc::command(rest),
         ["bench", "scaling", rest @ ..] => bench::scaling(rest),
         ["bench", "merge", rest @ ..] => bench_merge::merge(rest),
         ["bench", "lora", rest @ ..] => bench_lora::lora(rest),
