@@ -35,6 +35,7 @@
 
 mod bench;
 mod bench_continual;
+mod bench_data;
 mod bench_diffusion;
 mod bench_distill;
 mod bench_lora;
@@ -144,6 +145,9 @@ commands:
   bench lora [files|train]          files: kiln lora extract and spectrum on a GPT-2-medium-shaped f32 pair
                                     beside the same SVDs in PyTorch (wall time, peak RSS); train: a GPT-2-small
                                     LoRA step vs full fine-tuning beside PyTorch + PEFT → docs/BENCHMARKS.md
+  bench data                        the curriculum and mixture samplers' throughput with 4/16/64 domains
+                                    against a training step, and multiple-choice scoring (kiln eval mc's)
+                                    beside lm-evaluation-harness on a GPT-2-small layout → docs/BENCHMARKS.md
   bench models                      tokens/s of GPT-2-small and BERT-base on the CPU (forward, forward+backward),
                                     beside PyTorch → docs/BENCHMARKS.md
   bench continual                   the per-step time and memory of SFA, EMA, L2, EWC and replay beside plain
@@ -198,6 +202,7 @@ fn main() -> ExitCode {
         ["bench", "continual", rest @ ..] => bench_continual::continual(rest),
         ["bench", "distill", rest @ ..] => bench_distill::distill(rest),
         ["bench", "diffusion", rest @ ..] => bench_diffusion::diffusion(rest),
+        ["bench", "data", rest @ ..] => bench_data::data(rest),
         ["profile", rest @ ..] => profile::command(rest),
         ["flex-patch", rest @ ..] => flex_patch::command(rest),
         ["help" | "--help" | "-h"] | [] => {
