@@ -320,14 +320,15 @@ fn run_all(s: &Setup, work: &Path, device: &Device) -> Result<Results> {
             5,
             device,
         )?;
-        let mut tc = TrainerConfig::new(
-            format!("{}ep", s.finetune_epochs).parse::<Duration>()?,
-            OptimizerConfig::adamw(lr, 0.0),
-        );
-        // BioMedLM's runner: --warmup_ratio 0.5, then the HF Trainer's linear decay to 0
-        tc.lr_schedule = serde_json::from_str(
-            r#"{"name": "linear_decay_with_warmup", "t_warmup": "0.5dur", "alpha_f": 0.0}"#,
-        )?;
+        let steps = s.finetune_epochs * train_enc.len().div_ceil(s.mc_batch) as u64;
+        let mut tc = TrainerConfig::new(Duration::batches(steps), OptimizerConfig::adamw(lr, 0.0));
+        // BioMedLM's runner: --warmup_ratio 0.5, which the HF Trainer rounds up to whole steps,
+        // then its linear decay to 0 (equal step for step: kiln-schedules' tests/hf_parity.rs)
+        tc.lr_schedule = serde_json::from_value(serde_json::json!({
+            "name": "linear_decay_with_warmup",
+            "t_warmup": format!("{}ba", steps.div_ceil(2)),
+            "alpha_f": 0.0,
+        }))?;
         tc.progress_bar = false;
         eprintln!("== fine-tuning: {name}");
         let t = Instant::now();

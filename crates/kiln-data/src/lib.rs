@@ -16,6 +16,9 @@
 //! 5. [`mlm`] — BERT masking (80/10/10, specials and padding never selected) at a rate given
 //!    per batch, e.g. by a [`kiln_schedules::MaskingSchedule`].
 //!
+//! [`mc`] reads multiple-choice questions (MedMCQA, MedQA, SWAG-style; JSONL or Parquet) and
+//! builds lm-evaluation-harness's prompts for them.
+//!
 //! [`corpus`] generates three deterministic domains with real structure (prose from a grammar,
 //! Python functions, arithmetic) and a CoLA-like acceptability probe, so everything runs offline
 //! on any machine. [`images`] holds small labelled image sets for classifiers: the UCI

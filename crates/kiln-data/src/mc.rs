@@ -1,5 +1,6 @@
 //! Multiple-choice questions: MedMCQA, MedQA-USMLE (4 options) and SWAG-style rows, read from
-//! JSONL, and the prompts lm-evaluation-harness builds for them.
+//! JSONL or Parquet (`.parquet`: the Hugging Face hub's files, uncompressed or Snappy), and the
+//! prompts lm-evaluation-harness builds for them.
 //!
 //! | format | fields | answer |
 //! |---|---|---|
@@ -98,12 +99,17 @@ pub struct ReadOptions {
     pub limit: Option<usize>,
 }
 
-/// Reads a JSONL file of multiple-choice rows in `format`.
+/// Reads a file of multiple-choice rows in `format`: JSONL (one object per line), or Parquet
+/// when the name ends in `.parquet` (the same fields as columns).
 ///
 /// # Errors
-/// [`Error::Io`]; [`Error::Input`] naming the line for a row that is not JSON, lacks a field,
-/// has an empty option, or an answer out of range; [`Error::Config`] for a file with no row.
+/// [`Error::Io`]; [`Error::Input`] naming the line (or Parquet row) for a row that is not
+/// JSON, lacks a field, has an empty option, or an answer out of range, or for a Parquet file
+/// kiln cannot decode; [`Error::Config`] for a file with no row.
 pub fn read_mc(path: &Path, format: McFormat, options: &ReadOptions) -> Result<Vec<McExample>> {
+    if path.extension().is_some_and(|e| e == "parquet") {
+        return read_parquet(path, format, options);
+    }
     let f = File::open(path).map_err(io_err(path))?;
     let mut rows = Vec::new();
     for (i, line) in BufReader::new(f).lines().enumerate() {
@@ -123,6 +129,41 @@ pub fn read_mc(path: &Path, format: McFormat, options: &ReadOptions) -> Result<V
             serde_json::from_str(&line).map_err(|e| bad(format!("not a JSON object: {e}")))?;
         let row = parse_row(&v, format, options, i + 1).map_err(bad)?;
         rows.push(row);
+    }
+    if rows.is_empty() {
+        return Err(Error::Config {
+            message: format!("{}: no multiple-choice rows", path.display()),
+        });
+    }
+    Ok(rows)
+}
+
+/// Parquet rows (the Hugging Face hub's layout of MedMCQA), each turned into the JSON object
+/// the JSONL reader takes; a bad row is reported by its 1-based row number.
+fn read_parquet(path: &Path, format: McFormat, options: &ReadOptions) -> Result<Vec<McExample>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let f = File::open(path).map_err(io_err(path))?;
+    let bad_file = |e: parquet::errors::ParquetError| Error::Input {
+        path: path.to_owned(),
+        line: 0,
+        message: format!(
+            "not a Parquet file kiln can read ({e}); kiln reads uncompressed and Snappy-compressed Parquet (the Hugging Face hub's default), or convert to JSONL"
+        ),
+    };
+    let reader = SerializedFileReader::new(f).map_err(bad_file)?;
+    let mut rows = Vec::new();
+    for (i, row) in reader.get_row_iter(None).map_err(bad_file)?.enumerate() {
+        if options.limit.is_some_and(|n| rows.len() >= n) {
+            break;
+        }
+        let row = row.map_err(bad_file)?;
+        let v = row.to_json_value();
+        let parsed = parse_row(&v, format, options, i + 1).map_err(|message| Error::Input {
+            path: path.to_owned(),
+            line: i + 1,
+            message: format!("row {}: {message}", i + 1),
+        })?;
+        rows.push(parsed);
     }
     if rows.is_empty() {
         return Err(Error::Config {

@@ -240,8 +240,9 @@ impl TrainTask<Gpt2LmHead> for CurriculumLmTask {
         Ok(out)
     }
 
-    /// `phase` (1-based), and per domain `tokens/{d}` and `epochs/{d}` over the run and
-    /// `repeat/{d}`, the repeat factor in the current phase.
+    /// `phase` (1-based); per domain `tokens/{d}` and `epochs/{d}` over the run, and in the
+    /// current phase `phase_tokens/{d}`, `phase_unique_tokens/{d}` (tokens of the distinct
+    /// sequences drawn) and `repeat/{d}` (their ratio, the repeat factor).
     fn metrics(&self) -> BTreeMap<String, f64> {
         let mut m = BTreeMap::new();
         if let Some(s) = &self.sampler {
@@ -249,6 +250,11 @@ impl TrainTask<Gpt2LmHead> for CurriculumLmTask {
                 m.insert("phase".to_owned(), (p + 1) as f64);
                 for (name, st) in &s.phase_stats()[p] {
                     m.insert(format!("repeat/{name}"), st.repeat());
+                    m.insert(format!("phase_tokens/{name}"), st.tokens as f64);
+                    m.insert(
+                        format!("phase_unique_tokens/{name}"),
+                        st.unique_tokens as f64,
+                    );
                 }
             }
             for (name, st) in s.stats() {
