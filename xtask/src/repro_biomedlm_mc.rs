@@ -481,7 +481,7 @@ fn report(s: &Setup, r: &Results, minutes: f64) -> String {
     row(
         &mut o,
         &format!(
-            "multiple-choice head, LoRA r = {} (all linear layers) + head",
+            "multiple-choice head, LoRA r = {} (c_attn, c_proj, c_fc) + head",
             s.rank
         ),
         r.lora_trainable.to_string(),
@@ -492,6 +492,33 @@ fn report(s: &Setup, r: &Results, minutes: f64) -> String {
         o,
         "\nZero-shot `acc_norm`: {} (equal to `acc` here: every continuation is one letter).\n",
         pct(r.zero_shot.acc_norm)
+    );
+    let against_chance = |rep: &McReport| {
+        if rep.overall.acc_low > 0.25 {
+            "above chance (its interval lies above 25%)"
+        } else if rep.overall.acc_high < 0.25 {
+            "below chance (its interval lies below 25%)"
+        } else {
+            "not distinguishable from chance (its interval contains 25%)"
+        }
+    };
+    let against = |a: &McReport, b: &McReport| {
+        if a.overall.acc_low > b.overall.acc_high {
+            "higher, with intervals that do not overlap"
+        } else if a.overall.acc_high < b.overall.acc_low {
+            "lower, with intervals that do not overlap"
+        } else {
+            "not separable (the intervals overlap)"
+        }
+    };
+    let _ = writeln!(
+        o,
+        "Read from the table: zero-shot accuracy is {}; full fine-tuning is {}; against zero-shot, full fine-tuning is {} and LoRA is {}; LoRA against full fine-tuning is {}.\n",
+        against_chance(&r.zero_shot),
+        against_chance(&r.full),
+        against(&r.full, &r.zero_shot),
+        against(&r.lora, &r.zero_shot),
+        against(&r.lora, &r.full)
     );
     for (title, pick) in [("subject", 0usize), ("choice_type", 1)] {
         let _ = writeln!(o, "### By {title}\n");
@@ -525,7 +552,7 @@ fn report(s: &Setup, r: &Results, minutes: f64) -> String {
     let _ = writeln!(o, "## What was run\n");
     let _ = writeln!(
         o,
-        "- **Zero-shot** follows lm-evaluation-harness's `medmcqa` task: the prompt `Question: …\\nChoices:\\nA. …\\nB. …\\nC. …\\nD. …\\nAnswer:`, each option scored as the continuation ` A` … ` D` by its summed log-likelihood (`kiln_train::tasks::mc::evaluate_mc`; checked against an lm-eval 0.4.13 run in `crates/kiln-train/tests/mc_eval.rs`). A small model pretrained on generic text has not learned to answer with letters, so zero-shot accuracy stays near chance — as for small models on MedMCQA."
+        "- **Zero-shot** follows lm-evaluation-harness's `medmcqa` task: the prompt `Question: …\\nChoices:\\nA. …\\nB. …\\nC. …\\nD. …\\nAnswer:`, each option scored as the continuation ` A` … ` D` by its summed log-likelihood (`kiln_train::tasks::mc::evaluate_mc`; checked against an lm-eval 0.4.13 run in `crates/kiln-train/tests/mc_eval.rs`). Zero-shot scoring needs a model that answers with a letter after `Answer:`, which a small model pretrained on generic text was never shown."
     );
     let _ = writeln!(
         o,
@@ -534,18 +561,18 @@ fn report(s: &Setup, r: &Results, minutes: f64) -> String {
     );
     let _ = writeln!(
         o,
-        "- **LoRA** attaches kiln-lora adapters (r = {}, α = {}) to every linear layer of the backbone; the head stays trainable, as PEFT's `modules_to_save` does for classification heads.\n",
+        "- **LoRA** attaches kiln-lora adapters (r = {}, α = {}) to every linear layer of the backbone (`c_attn`, `c_proj`, `c_fc`); the head stays trainable, as PEFT's `modules_to_save` does for classification heads.\n",
         s.rank,
         2 * s.rank
     );
     let _ = writeln!(o, "## Reproducing the paper's number\n");
     let _ = writeln!(
         o,
-        "With BioMedLM (`stanford-crfm/BioMedLM`) and MedMCQA's validation split (`openlifescienceai/medmcqa`, 4,183 questions) saved as JSONL, the zero-/few-shot evaluation is one command:\n"
+        "With BioMedLM (`stanford-crfm/BioMedLM`) and MedMCQA's validation split (`openlifescienceai/medmcqa`, 4,183 questions; the hub's Parquet file or JSONL), the zero-/few-shot evaluation is one command:\n"
     );
     let _ = writeln!(
         o,
-        "```\nkiln eval mc --model ./BioMedLM --data medmcqa_validation.jsonl --format medmcqa --json > biomedlm-medmcqa.json\n```\n"
+        "```\nkiln eval mc --model ./BioMedLM --data validation-00000-of-00001.parquet --format medmcqa --json > biomedlm-medmcqa.json\n```\n"
     );
     let _ = writeln!(
         o,

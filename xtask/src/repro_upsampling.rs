@@ -906,11 +906,17 @@ fn report(s: &Setup, r: &Results, minutes: f64) -> String {
         "## Repeat accounting of the upsampled phase (seed {})\n",
         s.seeds[0]
     );
+    let passes =
+        (s.steps as f64 * s.batch as f64) / r.data_sizes.values().map(|x| x.0 as f64).sum::<f64>();
     let _ = writeln!(
         o,
-        "Tokens drawn in the final phase per domain, the tokens of the distinct sequences among them, and their ratio (the repeat factor; kiln warns above {}). Over the whole base run each domain is drawn {:.1} times on average (the general domain repeats too at this scale).\n",
+        "Tokens drawn in the final phase per domain, the tokens of the distinct sequences among them, and their ratio (the repeat factor; kiln warns above {}). Over the whole base run each domain is drawn {passes:.1} times on average ({}).\n",
         s.repeat_warning,
-        (s.steps as f64 * s.batch as f64) / r.data_sizes.values().map(|x| x.0 as f64).sum::<f64>()
+        if passes > 1.05 {
+            "the general domain repeats too at this scale"
+        } else {
+            "about one pass: before the switch nothing repeats, as in pretraining"
+        }
     );
     let _ = writeln!(
         o,

@@ -381,12 +381,18 @@ pub fn prompt(format: McFormat, ex: &McExample) -> String {
 pub fn fewshot_context(format: McFormat, shots: &[McExample], doc: &McExample) -> Result<String> {
     let mut out = String::new();
     for s in shots {
-        let a = s.answer.ok_or_else(|| Error::Config {
-            message: format!("few-shot example `{}` has no answer", s.id),
-        })?;
+        let letter = s
+            .answer
+            .and_then(|a| LETTERS.get(a))
+            .ok_or_else(|| Error::Config {
+                message: format!(
+                    "few-shot example `{}` has no answer among A–D; shots need one",
+                    s.id
+                ),
+            })?;
         out.push_str(&prompt(format, s));
         out.push(' ');
-        out.push_str(LETTERS.get(a).copied().unwrap_or("?"));
+        out.push_str(letter);
         out.push_str("\n\n");
     }
     out.push_str(&prompt(format, doc));

@@ -7,7 +7,10 @@
 //! The request is tokenized as lm-eval's `HFLM._encode_pair`: trailing whitespace of the context
 //! moves to the continuation, the continuation's tokens are those of `context + continuation`
 //! after the context's own tokens, and the model sees the last `max_length + 1` tokens minus the
-//! final one (an empty context starts with the end-of-text token). Accuracy is also reported
+//! final one (an empty context starts with the end-of-text token); options whose inputs
+//! coincide (one-token continuations such as ` A` … ` D`) share one forward pass, as lm-eval
+//! groups requests by context, and the log-softmax runs only at the positions that predict
+//! continuation tokens. Accuracy is also reported
 //! per subject and per MedMCQA `choice_type`, each with a percentile bootstrap interval.
 //!
 //! [`MultipleChoiceTask`] fine-tunes BioMedLM's multiple-choice head instead (options encoded
@@ -218,38 +221,61 @@ pub fn evaluate_mc(
             }
             inputs.push((inp, cont));
         }
-        let l = inputs.iter().map(|r| r.0.len()).max().unwrap_or(1);
-        let b = inputs.len();
+        // Options whose model input is the same (one-token continuations after one context,
+        // as " A" … " D") share one forward pass, as lm-eval groups them by context.
+        let mut unique: Vec<&Vec<u32>> = Vec::new();
+        let row_of: Vec<usize> = inputs
+            .iter()
+            .map(|(inp, _)| match unique.iter().position(|u| *u == inp) {
+                Some(r) => r,
+                None => {
+                    unique.push(inp);
+                    unique.len() - 1
+                }
+            })
+            .collect();
+        let b = unique.len();
+        let l = unique.iter().map(|r| r.len()).max().unwrap_or(1);
         let (mut ids, mut mask) = (vec![0i64; b * l], vec![0i64; b * l]);
-        for (i, (inp, _)) in inputs.iter().enumerate() {
+        for (i, inp) in unique.iter().enumerate() {
             for (j, &t) in inp.iter().enumerate() {
                 ids[i * l + j] = i64::from(t);
                 mask[i * l + j] = 1;
             }
         }
         let t = |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [b, l]), device);
-        let logp = log_softmax(model.forward(t(ids), Some(t(mask)), None), 2);
-        // Gather the continuation tokens' log-probabilities on the device.
-        let mut rows_idx = Vec::new();
-        let mut pos_idx = Vec::new();
-        let mut tok_idx = Vec::new();
-        let mut owner = Vec::new();
-        for (i, (inp, cont)) in inputs.iter().enumerate() {
+        let logits = model.forward(t(ids), Some(t(mask)), None);
+        // The positions that predict continuation tokens (each once), then their
+        // log-probabilities: a log-softmax over those rows only.
+        let mut positions: Vec<i64> = Vec::new();
+        let mut wanted: Vec<(usize, usize, u32)> = Vec::new(); // (option, position slot, token)
+        for (k, (inp, cont)) in inputs.iter().enumerate() {
             let first = inp.len() - cont.len();
             for (j, &c) in cont.iter().enumerate() {
-                rows_idx.push(i as i64);
-                pos_idx.push((first + j) as i64);
-                tok_idx.push(i64::from(c));
-                owner.push(i);
+                let flat = (row_of[k] * l + first + j) as i64;
+                let slot = match positions.iter().position(|&p| p == flat) {
+                    Some(x) => x,
+                    None => {
+                        positions.push(flat);
+                        positions.len() - 1
+                    }
+                };
+                wanted.push((k, slot, c));
             }
         }
         let v = cfg.vocab_size;
-        let flat = logp.reshape([b * l * v]);
-        let index: Vec<i64> = (0..owner.len())
-            .map(|k| (rows_idx[k] * l as i64 + pos_idx[k]) * v as i64 + tok_idx[k])
+        let np = positions.len();
+        let rows = logits.reshape([b * l, v]).select(
+            0,
+            Tensor::<1, Int>::from_data(TensorData::new(positions, [np]), device),
+        );
+        let index: Vec<i64> = wanted
+            .iter()
+            .map(|&(_, slot, c)| (slot * v) as i64 + i64::from(c))
             .collect();
         let n = index.len();
-        let picked = flat
+        let picked = log_softmax(rows, 1)
+            .reshape([np * v])
             .select(
                 0,
                 Tensor::<1, Int>::from_data(TensorData::new(index, [n]), device),
@@ -258,16 +284,17 @@ pub fn evaluate_mc(
             .convert::<f32>()
             .try_to_vec::<f32>()
             .unwrap_or_default();
-        let mut lls = vec![0.0f64; b];
-        for (k, &p) in picked.iter().enumerate() {
-            lls[owner[k]] += f64::from(p);
+        let options_n = inputs.len();
+        let mut lls = vec![0.0f64; options_n];
+        for (&(k, _, _), &p) in wanted.iter().zip(&picked) {
+            lls[k] += f64::from(p);
         }
         let argmax = |xs: &[f64]| {
             xs.iter()
                 .enumerate()
                 .fold(0, |best, (i, &x)| if x > xs[best] { i } else { best })
         };
-        let lens: Vec<f64> = LETTERS[..b]
+        let lens: Vec<f64> = LETTERS[..options_n]
             .iter()
             .map(|c| c.chars().count() as f64)
             .collect();
