@@ -41,7 +41,7 @@
 //!     corpus::documents(Domain::Prose, 0, 0, 30).iter().map(String::as_str), 300, 1)?;
 //! let packing = Packing { seq_len: 16, bos: None, eos: tok.special_ids().eos, grouping: Grouping::Concat };
 //! let mut streams = BTreeMap::new();
-//! for (d, n) in [(Domain::Prose, 200), (Domain::Arithmetic, 10)] {
+//! for (d, n) in [(Domain::Prose, 200), (Domain::Arithmetic, 2)] {
 //!     let texts = corpus::documents(d, 0, 0, n);
 //!     shards::write_shard(dir.path().join(d.name()), texts.iter().map(String::as_str), &tok, false, false)?;
 //!     let shard = Arc::new(shards::TokenShard::open(dir.path().join(d.name()))?);
